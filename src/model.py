@@ -1,0 +1,94 @@
+"""The model a training run builds, and how train.py hands it to tests.py.
+
+`ModelConfig` holds everything that shapes the graph's variables or its
+forward pass. train.py writes it to `<train_dir>/model_config.json` and
+tests.py reads it back, so the evaluation loop rebuilds exactly the network
+that wrote the checkpoints without repeating the flags.
+"""
+
+import dataclasses
+import json
+import os
+
+from nets import capsules
+from nets import layers
+from nets import schedules
+
+CONFIG_FILE = 'model_config.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The network (paper Figure 1) and its routing.
+
+  Attributes:
+    num_classes: class capsules (10 for MNIST, 5 for smallNORB).
+    iterations: EM routing iterations in every capsule layer.
+    a, b, c, d: ReLU Conv1 channels and PrimaryCaps, ConvCaps1, ConvCaps2
+      capsule types.
+    coordinate_addition: in the class capsules.
+    inverse_temperature_schedule: 'constant' or 'authors' (nets.schedules).
+    final_lambda: the inverse temperature at the end of the schedule.
+    min_variance: variance floor of the M-step (0 = off).
+    cost_standardization: standardise the M-step cost over parent types.
+    log_space: E-step in log space.
+  """
+  num_classes: int = 10
+  iterations: int = 1
+  a: int = 32
+  b: int = 32
+  c: int = 32
+  d: int = 32
+  coordinate_addition: bool = True
+  inverse_temperature_schedule: str = 'constant'
+  final_lambda: float = 1.0
+  min_variance: float = 1e-4
+  cost_standardization: bool = True
+  log_space: bool = True
+
+  def __post_init__(self):
+    for name in ('num_classes', 'iterations', 'a', 'b', 'c', 'd'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+    if self.final_lambda <= 0:
+      raise ValueError(f'final_lambda must be > 0, got {self.final_lambda}')
+    if self.min_variance < 0:
+      raise ValueError(f'min_variance must be >= 0, got {self.min_variance}')
+    schedules.inverse_temperature(self.inverse_temperature_schedule, 1.0)
+
+  def routing(self):
+    return layers.Routing(
+        inverse_temperature=schedules.inverse_temperature(
+            self.inverse_temperature_schedule, self.final_lambda),
+        min_variance=self.min_variance,
+        cost_standardization=self.cost_standardization,
+        log_space=self.log_space)
+
+  def build(self, images):
+    """The network on images [N, H, W, channels].
+
+    Returns:
+      poses [N, num_classes, 4, 4] and activations [N, num_classes].
+    """
+    return capsules.capsules_v0(
+        images, self.num_classes, self.iterations, self.routing(),
+        a=self.a, b=self.b, c=self.c, d=self.d,
+        coordinate_addition=self.coordinate_addition)
+
+  def save(self, directory):
+    """Writes the config to `directory`/model_config.json atomically."""
+    path = os.path.join(directory, CONFIG_FILE)
+    with open(path + '.tmp', 'w') as f:
+      json.dump(dataclasses.asdict(self), f, indent=2, sort_keys=True)
+    os.replace(path + '.tmp', path)
+
+  @classmethod
+  def load(cls, directory):
+    """Reads `directory`/model_config.json; a clear error if it is absent."""
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f'{path} not found: {directory} holds no run of train.py (it '
+          'writes this file when it starts).')
+    with open(path) as f:
+      return cls(**json.load(f))

@@ -1,0 +1,254 @@
+"""Layers of a matrix capsule network, slim style.
+
+Each function takes its inputs and a `name`, and builds its variables with
+`tf.compat.v1.get_variable` under `tf.compat.v1.variable_scope(name)`.
+
+A capsule layer's output is a pair (poses [N, H, W, B, 4, 4], activations
+[N, H, W, B]): B capsule types at each of H x W positions, each with a 4 x 4
+pose matrix M and an activation a in (0, 1).
+"""
+
+import dataclasses
+import math
+from typing import Callable, Union
+
+import tensorflow as tf
+
+from nets import routing as em
+from nets import receptive_fields
+
+POSE_SIZE = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Routing:
+  """How a capsule layer routes: Procedure 1 and its numerical stabilisers.
+
+  The defaults compute the paper's Procedure 1 exactly (lambda = 1);
+  notes/em_routing.md explains each stabiliser.
+  """
+  inverse_temperature: Union[float, Callable[[int], float]] = 1.0
+  min_variance: float = 0.0
+  cost_standardization: bool = False
+  log_space: bool = False
+
+
+def _variable(name, shape, stddev):
+  """A float32 variable, truncated-normal (stddev > 0) or zero initialised."""
+  if stddev > 0:
+    initializer = tf.compat.v1.truncated_normal_initializer(stddev=stddev)
+  else:
+    initializer = tf.compat.v1.zeros_initializer()
+  return tf.compat.v1.get_variable(name, shape, tf.float32, initializer)
+
+
+def _fan_in_stddev(fan_in):
+  return math.sqrt(1.0 / fan_in)
+
+
+def conv2d(inputs, shape, strides, padding='VALID', activation_fn=tf.nn.relu,
+           use_bias=True, name='conv2d'):
+  """A 2-D convolution with optional bias and activation (ReLU Conv1).
+
+  Args:
+    inputs: [N, H, W, shape[2]].
+    shape: [KH, KW, in_channels, out_channels].
+    strides: [1, SH, SW, 1].
+    padding: 'VALID' or 'SAME'.
+    activation_fn: applied to the output, or None.
+    use_bias: add a learned bias per output channel.
+    name: variable scope.
+
+  Returns:
+    [N, OH, OW, out_channels].
+  """
+  with tf.compat.v1.variable_scope(name):
+    fan_in = shape[0] * shape[1] * shape[2]
+    weights = _variable('weights', shape, math.sqrt(2.0 / fan_in))
+    outputs = tf.nn.conv2d(inputs, weights, strides, padding)
+    if use_bias:
+      outputs = tf.nn.bias_add(outputs, _variable('biases', shape[-1:], 0.0))
+    if activation_fn is not None:
+      outputs = activation_fn(outputs)
+    return outputs
+
+
+def capsules_init(inputs, shape, strides, padding='VALID',
+                  pose_shape=(POSE_SIZE, POSE_SIZE), name='capsules_init'):
+  """PrimaryCaps (layer A -> B): a convolution gives each capsule its pose
+  matrix and, through a logistic unit, its activation.
+
+  Args:
+    inputs: [N, H, W, A].
+    shape: [KH, KW, A, B]; the paper uses a 1 x 1 kernel.
+    strides: [1, SH, SW, 1].
+    padding: 'VALID' or 'SAME'.
+    pose_shape: (4, 4).
+    name: variable scope.
+
+  Returns:
+    poses [N, OH, OW, B, 4, 4] and activations [N, OH, OW, B].
+  """
+  num_types = shape[-1]
+  pose_size = pose_shape[0] * pose_shape[1]
+  kernel = list(shape[:-1])
+  with tf.compat.v1.variable_scope(name):
+    poses = conv2d(inputs, kernel + [num_types * pose_size], strides, padding,
+                   activation_fn=None, name='poses')
+    activations = conv2d(inputs, kernel + [num_types], strides, padding,
+                         activation_fn=tf.sigmoid, name='activations')
+    out_shape = tf.shape(poses)
+    poses = tf.reshape(poses, tf.concat(
+        [out_shape[:3], [num_types, pose_shape[0], pose_shape[1]]], axis=0))
+    poses.set_shape(activations.shape.concatenate(pose_shape))
+    tf.compat.v1.summary.histogram('activations', activations)
+    return poses, activations
+
+
+def _transform_variable(shape):
+  """Transformation matrices W, initialised so that a vote has the scale of a
+  pose: each vote entry sums 4 products, so W entries have variance 1/4."""
+  return _variable('transforms', shape, _fan_in_stddev(POSE_SIZE))
+
+
+def _beta(num_types):
+  """beta_v and beta_a, one each per parent capsule type [C]."""
+  return _variable('beta_v', [num_types], 0.0), _variable(
+      'beta_a', [num_types], 0.0)
+
+
+def _route(votes, activations, num_types, iterations, routing, child_ids):
+  """Runs EM routing under the layer's scope; adds its summaries."""
+  beta_v, beta_a = _beta(num_types)
+  poses, out_activations, assignments = em.em_routing(
+      votes, activations, beta_v, beta_a, iterations,
+      child_ids=child_ids, **dataclasses.asdict(routing))
+  tf.compat.v1.summary.histogram('assignments', assignments)
+  tf.compat.v1.summary.histogram('activations', out_activations)
+  return poses, out_activations
+
+
+def capsules_conv(inputs, shape, strides, iterations, routing=Routing(),
+                  name='capsules_conv'):
+  """ConvCaps (B -> C, C -> D): convolutional capsules routed by EM.
+
+  Each child capsule in a K x K patch votes for every parent type with its pose
+  times a learned 4 x 4 transform, one per (kernel position, child type,
+  parent type). Padding is VALID, as in the paper.
+
+  Args:
+    inputs: (poses [N, H, W, B, 4, 4], activations [N, H, W, B]).
+    shape: [K, K, B, C].
+    strides: [1, S, S, 1].
+    iterations: EM routing iterations.
+    routing: a `Routing`.
+    name: variable scope.
+
+  Returns:
+    poses [N, OH, OW, C, 4, 4] and activations [N, OH, OW, C].
+  """
+  poses, activations = inputs
+  kernel_size, _, num_in, num_out = shape
+  height, width = poses.shape[1], poses.shape[2]
+  out_height = receptive_fields.output_size(height, kernel_size, strides[1])
+  out_width = receptive_fields.output_size(width, kernel_size, strides[2])
+  indices = receptive_fields.patch_indices(height, width, kernel_size,
+                                           strides[1])  # [P, K*K]
+  num_slots = kernel_size * kernel_size * num_in
+  with tf.compat.v1.variable_scope(name):
+    transforms = _transform_variable([num_slots, num_out, POSE_SIZE, POSE_SIZE])
+    # Gather every patch: [N, P, K*K, B, ...] -> slots i = (k, b).
+    flat_poses = tf.reshape(poses, [-1, height * width, num_in, POSE_SIZE,
+                                    POSE_SIZE])
+    flat_activations = tf.reshape(activations, [-1, height * width, num_in])
+    patch_poses = tf.reshape(
+        tf.gather(flat_poses, indices, axis=1),
+        [-1, indices.shape[0], num_slots, POSE_SIZE, POSE_SIZE])
+    patch_activations = tf.reshape(
+        tf.gather(flat_activations, indices, axis=1),
+        [-1, indices.shape[0], num_slots])
+    votes = compute_votes(patch_poses, transforms)
+    child_ids = receptive_fields.child_ids(indices, num_in)
+    out_poses, out_activations = _route(votes, patch_activations, num_out,
+                                        iterations, routing, child_ids)
+    return (tf.reshape(out_poses, [-1, out_height, out_width, num_out,
+                                   POSE_SIZE, POSE_SIZE]),
+            tf.reshape(out_activations, [-1, out_height, out_width, num_out]))
+
+
+def compute_votes(poses, transforms):
+  """V_ij = M_i W_ij for every child slot i and parent type j.
+
+  One batched matrix product over the slots: for slot i, the rows of every
+  pose M_i in the batch are stacked, [N * P * 4, 4] x [4, C * 4], so nothing
+  is tiled over the C parent types.
+
+  Args:
+    poses: M_i [N, P, I, 4, 4].
+    transforms: W_ij [I, C, 4, 4].
+
+  Returns:
+    votes [N, P, C, I, 16].
+  """
+  num_slots, num_out = transforms.shape[0], transforms.shape[1]
+  batch_shape = tf.shape(poses)[:2]
+  rows = tf.reshape(tf.transpose(poses, [2, 0, 1, 3, 4]),
+                    [num_slots, -1, POSE_SIZE])  # [I, N*P*4, 4]
+  columns = tf.reshape(tf.transpose(transforms, [0, 2, 1, 3]),
+                       [num_slots, POSE_SIZE, num_out * POSE_SIZE])
+  products = tf.matmul(rows, columns)  # [I, N*P*4, C*4]
+  products = tf.reshape(products, tf.concat(
+      [[num_slots], batch_shape, [POSE_SIZE, num_out, POSE_SIZE]], axis=0))
+  votes = tf.transpose(products, [1, 2, 4, 0, 3, 5])  # [N, P, C, I, 4, 4]
+  return tf.reshape(votes, tf.concat(
+      [batch_shape, [num_out, num_slots, POSE_SIZE * POSE_SIZE]], axis=0))
+
+
+def capsules_fc(inputs, num_classes, iterations, coordinate_addition=True,
+                routing=Routing(), name='capsules_fc'):
+  """Class capsules: every child votes for every class.
+
+  The transform W_bj is shared by all positions of child type b. With
+  coordinate addition, the scaled (row, column) of the centre of each
+  position's cell, in (0, 1), is added to the first two components of its
+  votes, so the class poses can carry where their parts are.
+
+  Args:
+    inputs: (poses [N, H, W, B, 4, 4], activations [N, H, W, B]).
+    num_classes: J.
+    iterations: EM routing iterations.
+    coordinate_addition: add the scaled coordinates to the votes.
+    routing: a `Routing`.
+    name: variable scope.
+
+  Returns:
+    poses [N, J, 4, 4] and activations [N, J].
+  """
+  poses, activations = inputs
+  height, width, num_in = poses.shape[1], poses.shape[2], poses.shape[3]
+  positions = height * width
+  with tf.compat.v1.variable_scope(name):
+    transforms = _transform_variable([num_in, num_classes, POSE_SIZE,
+                                      POSE_SIZE])
+    shared = tf.tile(transforms[None], [positions, 1, 1, 1, 1])
+    flat_poses = tf.reshape(poses, [-1, 1, positions * num_in, POSE_SIZE,
+                                    POSE_SIZE])
+    votes = compute_votes(
+        flat_poses,
+        tf.reshape(shared, [positions * num_in, num_classes, POSE_SIZE,
+                            POSE_SIZE]))  # [N, 1, J, H*W*B, 16]
+    if coordinate_addition:
+      votes += _coordinate_offsets(height, width, num_in)
+    flat_activations = tf.reshape(activations, [-1, 1, positions * num_in])
+    out_poses, out_activations = _route(votes, flat_activations, num_classes,
+                                        iterations, routing, child_ids=None)
+    return (tf.reshape(out_poses, [-1, num_classes, POSE_SIZE, POSE_SIZE]),
+            tf.reshape(out_activations, [-1, num_classes]))
+
+
+def _coordinate_offsets(height, width, num_types):
+  """Scaled (row, column) in the first two of 16 vote components [H*W*B, 16]."""
+  centres = receptive_fields.grid_centres(height, width)  # [H*W, 2]
+  offsets = tf.pad(tf.constant(centres), [[0, 0], [0, POSE_SIZE ** 2 - 2]])
+  return tf.reshape(tf.tile(offsets[:, None, :], [1, num_types, 1]),
+                    [height * width * num_types, POSE_SIZE ** 2])

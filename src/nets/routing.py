@@ -1,0 +1,260 @@
+"""EM routing between two capsule layers: Procedure 1 of the paper.
+
+Hinton, Sabour & Frosst, "Matrix capsules with EM routing", ICLR 2018:
+
+  procedure EM ROUTING(a, V)
+    R_ij <- 1 / |Omega_{L+1}|
+    for t iterations do
+      M-STEP(a, R, V, j)   for every parent j
+      E-STEP(mu, sigma, a, V, i)   for every child i
+    return a, M
+
+A routing problem here has N examples, P parent positions, C parent capsule
+types, I child slots per parent position and H = 16 pose components. The
+tensors of the paper are held as
+
+  votes                V_ij^h   [N, P, C, I, H]
+  input activations    a_i      [N, P, I]      (one per child slot)
+  assignments          R_ij     [N, P, C, I]
+  parent poses         mu_j^h   [N, P, C, H]
+  parent variances     (sigma_j^h)^2 [N, P, C, H]
+  output activations   a_j      [N, P, C]
+
+Parents-major layout: every sum over children "sum_i" is a batched
+vector-matrix product over the last two axes, and every sum over pose
+components "sum_h" a batched matrix-vector product, so neither the weighted
+votes R_ij V_ij^h nor the scaled deviations (V - mu)^2 / sigma^2 are
+materialised as separate tensors.
+
+A fully connected layer has P = 1 and every child in one slot. In a
+convolutional layer one child sits in the slots of every parent position whose
+receptive field contains it; `child_ids` [P, I] names the child in each slot,
+and the E-step normalises a child's assignments over all of those parents
+times all C parent types, as the paper and the authors' code do.
+
+Numerical stabilisers, each switchable; at the neutral setting named in
+brackets the function computes Procedure 1 exactly (notes/em_routing.md):
+  min_variance          variance floor added to (sigma_j^h)^2   [0.0]
+  cost_standardization  standardise cost_j over the C types     [False]
+  log_space             E-step in log space, max-shifted, with a stable
+                        log-sigmoid; an exact rewrite of the
+                        same formulas                           [False]
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+_COST_EPSILON = 1e-8
+
+
+def _as_schedule(inverse_temperature):
+  """Turns a constant or a schedule into a function of the iteration t."""
+  if callable(inverse_temperature):
+    return inverse_temperature
+  return lambda unused_t: inverse_temperature
+
+
+def _weighted_child_sum(weights, values):
+  """sum_i weights_i values_i^h.
+
+  Args:
+    weights: [N, P, C, I].
+    values: [N, P, C, I, H].
+
+  Returns:
+    [N, P, C, H].
+  """
+  return tf.squeeze(tf.matmul(weights[..., None, :], values), axis=-2)
+
+
+def _component_sum(values, weights):
+  """sum_h values_i^h weights^h.
+
+  Args:
+    values: [N, P, C, I, H].
+    weights: [N, P, C, H].
+
+  Returns:
+    [N, P, C, I].
+  """
+  return tf.squeeze(tf.matmul(values, weights[..., None]), axis=-1)
+
+
+def initial_assignments(activations, num_parent_types, child_ids=None):
+  """R_ij = 1 / |parents of i|, spread evenly over every parent of each child.
+
+  Args:
+    activations: input activations [N, P, I] (gives the shape and dtype).
+    num_parent_types: C.
+    child_ids: int array [P, I] naming the child in each slot, or None when
+      every child sits in exactly one slot.
+
+  Returns:
+    [N, P, C, I].
+  """
+  slots = np.ones(activations.shape[1:], np.float32)
+  if child_ids is not None:
+    slots_per_child = np.bincount(child_ids.ravel())
+    slots = slots_per_child[child_ids].astype(np.float32)
+  uniform = np.broadcast_to(1.0 / (num_parent_types * slots[:, None, :]),
+                            (slots.shape[0], num_parent_types, slots.shape[1]))
+  ones = tf.ones_like(activations)[:, :, None, :]  # [N, P, 1, I]
+  return ones * tf.constant(uniform, activations.dtype)
+
+
+def m_step(assignments, activations, votes, beta_v, beta_a,
+           inverse_temperature, min_variance=0.0,
+           cost_standardization=False):
+  """M-STEP(a, R, V, j) for every parent j.
+
+  Args:
+    assignments: R_ij [N, P, C, I].
+    activations: a_i [N, P, I].
+    votes: V_ij^h [N, P, C, I, H].
+    beta_v, beta_a: [C], learned per parent type.
+    inverse_temperature: lambda, a float or scalar tensor.
+    min_variance: variance floor added to (sigma_j^h)^2.
+    cost_standardization: standardise sum_h cost_j^h over the C types.
+
+  Returns:
+    poses mu_j^h [N, P, C, H], variances (sigma_j^h)^2 [N, P, C, H],
+    activation logits lambda (beta_a - sum_h cost_j^h) [N, P, C],
+    squared deviations (V_ij^h - mu_j^h)^2 [N, P, C, I, H].
+  """
+  assignments = assignments * activations[:, :, None, :]  # R_ij <- R_ij a_i
+  mass = tf.reduce_sum(assignments, axis=-1)  # sum_i R_ij [N, P, C]
+  poses = tf.math.divide_no_nan(
+      _weighted_child_sum(assignments, votes), mass[..., None])
+  squared_deviations = tf.math.squared_difference(votes, poses[..., None, :])
+  variances = tf.math.divide_no_nan(
+      _weighted_child_sum(assignments, squared_deviations), mass[..., None])
+  variances += min_variance
+  # cost^h = (beta_v + log sigma^h) sum_i R_ij, with log sigma = log(sigma^2)/2.
+  cost = (beta_v[:, None] + 0.5 * tf.math.log(variances)) * mass[..., None]
+  cost = tf.reduce_sum(cost, axis=-1)  # sum_h cost^h [N, P, C]
+  if cost_standardization:
+    mean, variance = tf.nn.moments(cost, axes=[-1], keepdims=True)
+    cost = (cost - mean) / (tf.sqrt(variance) + _COST_EPSILON)
+  logits = inverse_temperature * (beta_a - cost)  # a_j = logistic(logits)
+  return poses, variances, logits, squared_deviations
+
+
+def log_gaussian_density(squared_deviations, variances):
+  """log p_j(V_ij): the log of a diagonal Gaussian's density.
+
+  log p_j = -sum_h (V_ij^h - mu_j^h)^2 / (2 (sigma_j^h)^2)
+            - sum_h log(sigma_j^h) - (H / 2) log(2 pi).
+
+  Args:
+    squared_deviations: (V_ij^h - mu_j^h)^2 [N, P, C, I, H].
+    variances: (sigma_j^h)^2 [N, P, C, H].
+
+  Returns:
+    [N, P, C, I].
+  """
+  num_components = variances.shape[-1]
+  exponent = _component_sum(squared_deviations, 0.5 / variances)
+  log_normaliser = (0.5 * tf.reduce_sum(tf.math.log(variances), axis=-1) +
+                    0.5 * num_components * math.log(2.0 * math.pi))
+  return -exponent - log_normaliser[..., None]
+
+
+def _sum_over_parents(values, child_ids, reduce_fn):
+  """Reduces per-slot values over every slot of the same child.
+
+  Args:
+    values: [N, P, I], already reduced over the C parent types.
+    child_ids: int array [P, I].
+    reduce_fn: tf.math.unsorted_segment_sum or unsorted_segment_max.
+
+  Returns:
+    [N, P, I]: each slot holds the reduction over all slots of its child.
+  """
+  slots_first = tf.transpose(values, [1, 2, 0])  # [P, I, N]
+  per_child = reduce_fn(slots_first, child_ids, int(child_ids.max()) + 1)
+  return tf.transpose(tf.gather(per_child, child_ids), [2, 0, 1])
+
+
+def _normalize_log_space(log_numerators, child_ids):
+  """R_ij = exp(x_ij) / sum_k exp(x_ik) over all parents k of child i."""
+  if child_ids is None:
+    return tf.nn.softmax(log_numerators, axis=2)
+  shift = tf.stop_gradient(_sum_over_parents(
+      tf.reduce_max(log_numerators, axis=2), child_ids,
+      tf.math.unsorted_segment_max))  # [N, P, I]
+  numerators = tf.exp(log_numerators - shift[:, :, None, :])
+  return numerators / _sum_over_parents(
+      tf.reduce_sum(numerators, axis=2), child_ids,
+      tf.math.unsorted_segment_sum)[:, :, None, :]
+
+
+def _normalize(numerators, child_ids):
+  """R_ij = x_ij / sum_k x_ik over all parents k of child i."""
+  totals = tf.reduce_sum(numerators, axis=2)  # [N, P, I]
+  if child_ids is not None:
+    totals = _sum_over_parents(totals, child_ids, tf.math.unsorted_segment_sum)
+  return numerators / totals[:, :, None, :]
+
+
+def e_step(squared_deviations, variances, logits, child_ids=None,
+           log_space=False):
+  """E-STEP(mu, sigma, a, V, i) for every child i.
+
+  p_j = exp(-sum_h (V_ij^h - mu_j^h)^2 / (2 (sigma_j^h)^2))
+        / sqrt(prod_h 2 pi (sigma_j^h)^2)
+  R_ij = a_j p_j / sum_k a_k p_k
+
+  Args:
+    squared_deviations: (V_ij^h - mu_j^h)^2 [N, P, C, I, H].
+    variances: (sigma_j^h)^2 [N, P, C, H].
+    logits: activation logits, a_j = logistic(logits) [N, P, C].
+    child_ids: int array [P, I] for a convolutional layer, else None.
+    log_space: compute log(a_j p_j) and normalise with a max shift.
+
+  Returns:
+    assignments R_ij [N, P, C, I].
+  """
+  log_p = log_gaussian_density(squared_deviations, variances)
+  if log_space:
+    log_a = tf.math.log_sigmoid(logits)[..., None]
+    return _normalize_log_space(log_a + log_p, child_ids)
+  a = tf.sigmoid(logits)[..., None]
+  return _normalize(a * tf.exp(log_p), child_ids)
+
+
+def em_routing(votes, activations, beta_v, beta_a, iterations,
+               inverse_temperature=1.0, child_ids=None, min_variance=0.0,
+               cost_standardization=False, log_space=False):
+  """Procedure 1: routes votes to parents by EM.
+
+  Args:
+    votes: V_ij^h [N, P, C, I, H].
+    activations: input activations a_i [N, P, I].
+    beta_v, beta_a: [C], learned per parent type.
+    iterations: number of EM iterations, >= 1.
+    inverse_temperature: lambda, a float or a function t -> lambda_t of the
+      iteration t = 0 .. iterations - 1.
+    child_ids: int array [P, I] naming the child in each slot (convolutional
+      layers), or None when every child sits in one slot (fully connected).
+    min_variance, cost_standardization, log_space: numerical stabilisers (see
+      the module docstring); the defaults compute Procedure 1 exactly.
+
+  Returns:
+    poses mu_j [N, P, C, H], activations a_j [N, P, C] and the assignments
+    R_ij [N, P, C, I] of the last M-step.
+  """
+  if iterations < 1:
+    raise ValueError(f'iterations must be >= 1, got {iterations}')
+  schedule = _as_schedule(inverse_temperature)
+  assignments = initial_assignments(activations, votes.shape[2], child_ids)
+  for t in range(iterations):
+    with tf.name_scope(f'iteration_{t + 1}'):
+      poses, variances, logits, squared_deviations = m_step(
+          assignments, activations, votes, beta_v, beta_a, schedule(t),
+          min_variance, cost_standardization)
+      if t < iterations - 1:
+        assignments = e_step(squared_deviations, variances, logits,
+                             child_ids, log_space)
+  return poses, tf.sigmoid(logits), assignments

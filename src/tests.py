@@ -1,0 +1,245 @@
+"""Evaluates the checkpoints of a training run on the full test set.
+
+  python src/tests.py --train_dir=runs/mnist          # follow the run
+  python src/tests.py --train_dir=runs/mnist --once   # latest checkpoint
+
+Waits for each new checkpoint in --train_dir, evaluates it on every test
+example, logs accuracy and per-class accuracy, writes them to TensorBoard
+(<eval_dir>) and appends one JSON line per checkpoint to
+<eval_dir>/results.jsonl. Stops after --timeout_secs without a new checkpoint.
+The network is rebuilt from <train_dir>/model_config.json.
+"""
+
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import datasets
+import model
+import runtime
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('train_dir', 'runs/default', 'Directory of the run.')
+flags.DEFINE_string('eval_dir', None,
+                    'Where results go; default <train_dir>/eval_test.')
+flags.DEFINE_enum('dataset', 'mnist', sorted(datasets.DATASETS), 'Dataset.')
+flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
+                    'data/<dataset>.')
+flags.DEFINE_enum('smallnorb_split', 'full', ['full', 'azimuth', 'elevation'],
+                  'smallNORB viewpoint split.')
+flags.DEFINE_integer('smallnorb_crops', 1,
+                     'smallNORB: average class activations over this many '
+                     'crops (1 = the central crop).')
+flags.DEFINE_string('gpu', '1', 'GPUs to use (visible_device_list). Without '
+                    'a GPU the CPU is used.')
+flags.DEFINE_integer('batch_size', 100, 'Evaluation batch size.')
+flags.DEFINE_bool('once', False, 'Evaluate the latest checkpoint and exit.')
+flags.DEFINE_integer('timeout_secs', 1800,
+                     'Stop after this long without a new checkpoint.')
+flags.DEFINE_integer('min_interval_secs', 10,
+                     'Poll the train_dir at most this often.')
+flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
+flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
+
+RESULTS_FILE = 'results.jsonl'
+
+
+class Evaluator:
+  """The evaluation graph of one run, restored from one checkpoint at a time.
+
+  Attributes:
+    num_examples: test examples in one pass.
+    num_classes: classes.
+  """
+
+  def __init__(self, config, dataset, data_dir, batch_size, options):
+    self.num_classes = config.num_classes
+    self._graph = tf.Graph()
+    with self._graph.as_default():
+      data, self.num_examples = dataset.eval_input(data_dir, batch_size,
+                                                   **options)
+      self._iterator = tf.compat.v1.data.make_initializable_iterator(data)
+      images, self._labels = self._iterator.get_next()
+      self._activations = _class_activations(config, images)
+      self._global_step = tf.compat.v1.train.get_or_create_global_step()
+      self._saver = tf.compat.v1.train.Saver()
+    self._graph.finalize()
+
+  def evaluate(self, session_config, checkpoint):
+    """One pass over the test set.
+
+    Returns:
+      (global step, predictions int [num_examples], labels int
+      [num_examples]).
+    """
+    with tf.compat.v1.Session(graph=self._graph,
+                              config=session_config) as session:
+      self._saver.restore(session, checkpoint)
+      session.run(self._iterator.initializer)
+      predictions, labels = [], []
+      while True:
+        try:
+          activations, batch_labels = session.run(
+              [self._activations, self._labels])
+        except tf.errors.OutOfRangeError:
+          break
+        predictions.append(np.argmax(activations, axis=-1))
+        labels.append(batch_labels)
+      step = session.run(self._global_step)
+    return int(step), np.concatenate(predictions), np.concatenate(labels)
+
+
+def _class_activations(config, images):
+  """Class activations [N, classes], averaged over crops when images are
+  [N, crops, H, W, channels]."""
+  if images.shape.rank == 5:
+    crops = images.shape[1]
+    flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
+    _, activations = config.build(flat)
+    return tf.reduce_mean(
+        tf.reshape(activations, [-1, crops, config.num_classes]), axis=1)
+  return config.build(images)[1]
+
+
+def per_class_accuracy(predictions, labels, num_classes):
+  """Accuracy on the examples of each class [num_classes] (NaN if absent)."""
+  correct = np.bincount(labels[predictions == labels], minlength=num_classes)
+  total = np.bincount(labels, minlength=num_classes)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return correct / total
+
+
+def report(step, predictions, labels, num_classes, seconds, eval_dir,
+           checkpoint, writer):
+  """Logs, summarises and appends the result of one checkpoint."""
+  accuracy = float(np.mean(predictions == labels))
+  per_class = per_class_accuracy(predictions, labels, num_classes)
+  logging.info('step %d: test accuracy %.4f (error %.2f%%) on %d images in '
+               '%.0f s', step, accuracy, 100 * (1 - accuracy), len(labels),
+               seconds)
+  logging.info('per class: %s', ' '.join(
+      f'{k}:{v:.4f}' for k, v in enumerate(per_class)))
+  summary = tf.compat.v1.Summary()
+  summary.value.add(tag='test/accuracy', simple_value=accuracy)
+  for k, value in enumerate(per_class):
+    summary.value.add(tag=f'test/accuracy_class_{k}', simple_value=value)
+  writer.add_summary(summary, step)
+  writer.flush()
+  record = {'step': step, 'accuracy': accuracy,
+            'images_evaluated': int(len(labels)),
+            'per_class_accuracy': [float(v) for v in per_class],
+            'eval_seconds': round(seconds, 2), 'time': time.time(),
+            'checkpoint': os.path.basename(checkpoint)}
+  with open(os.path.join(eval_dir, RESULTS_FILE), 'a') as f:
+    f.write(json.dumps(record) + '\n')
+  return record
+
+
+def _evaluated_steps(eval_dir):
+  """Steps already in results.jsonl, so a restarted loop does not redo them."""
+  path = os.path.join(eval_dir, RESULTS_FILE)
+  if not os.path.exists(path):
+    return set()
+  with open(path) as f:
+    return {json.loads(line)['step'] for line in f if line.strip()}
+
+
+def _step_of(checkpoint):
+  """The global step in a checkpoint path such as .../model.ckpt-1000."""
+  suffix = checkpoint.rsplit('-', 1)[-1]
+  return int(suffix) if suffix.isdigit() else None
+
+
+def _checkpoints():
+  """The checkpoints to evaluate: the latest, or every new one in turn."""
+  if FLAGS.once:
+    latest = tf.train.latest_checkpoint(FLAGS.train_dir)
+    if latest is None:
+      raise app.UsageError(f'no checkpoint in {FLAGS.train_dir}; run '
+                           'train.py first, or point --train_dir at a run.')
+    return [latest]
+  return tf.compat.v1.train.checkpoints_iterator(
+      FLAGS.train_dir, FLAGS.min_interval_secs, timeout=FLAGS.timeout_secs)
+
+
+def _validate_flags():
+  for name in ('batch_size', 'smallnorb_crops', 'min_interval_secs'):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f'--{name} must be >= 1, got {FLAGS[name].value}')
+  if FLAGS.timeout_secs < 0:
+    raise app.UsageError('--timeout_secs must be >= 0')
+  if not os.path.isdir(FLAGS.train_dir):
+    raise app.UsageError(f'--train_dir {FLAGS.train_dir} does not exist; '
+                         'start train.py with the same --train_dir first.')
+  if FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
+    raise app.UsageError(f'--data_dir {FLAGS.data_dir} is not a directory')
+  try:
+    return runtime.session_config(FLAGS.gpu, FLAGS.intra_op_threads,
+                                  FLAGS.inter_op_threads)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  session_config = _validate_flags()
+  try:
+    config = model.ModelConfig.load(FLAGS.train_dir)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from e
+  dataset = datasets.get_dataset(FLAGS.dataset)
+  if dataset.NUM_CLASSES != config.num_classes:
+    raise app.UsageError(
+        f'{FLAGS.train_dir} has {config.num_classes} classes but '
+        f'--dataset={FLAGS.dataset} has {dataset.NUM_CLASSES}.')
+  options = ({} if FLAGS.dataset == 'mnist' else
+             {'split': FLAGS.smallnorb_split, 'crops': FLAGS.smallnorb_crops})
+  eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.train_dir, 'eval_test')
+  os.makedirs(eval_dir, exist_ok=True)
+  try:
+    evaluator = Evaluator(config, dataset,
+                          runtime.data_dir(FLAGS.data_dir, FLAGS.dataset),
+                          FLAGS.batch_size, options)
+  except datasets.download.DataError as e:
+    logging.error('%s', e)
+    raise SystemExit(2) from e
+  done = set() if FLAGS.once else _evaluated_steps(eval_dir)
+  writer = tf.compat.v1.summary.FileWriter(eval_dir)
+  for checkpoint in _checkpoints():
+    if _step_of(checkpoint) in done:
+      logging.info('%s already evaluated; skipping.', checkpoint)
+      continue
+    start = time.time()
+    try:
+      step, predictions, labels = evaluator.evaluate(session_config,
+                                                     checkpoint)
+    except (tf.errors.NotFoundError, ValueError) as e:
+      logging.warning('skipping %s, deleted while waiting: %s', checkpoint,
+                      str(e).splitlines()[0])
+      continue
+    if len(labels) != evaluator.num_examples:
+      raise RuntimeError(f'evaluated {len(labels)} examples, expected '
+                         f'{evaluator.num_examples}')
+    record = report(step, predictions, labels, config.num_classes,
+                    time.time() - start, eval_dir, checkpoint, writer)
+    done.add(step)
+    if FLAGS.once:
+      print(f'step {step}: accuracy {record["accuracy"]:.4f} on '
+            f'{record["images_evaluated"]} test images')
+  writer.close()
+  if not FLAGS.once:
+    logging.info('No new checkpoint for %d s; stopping.', FLAGS.timeout_secs)
+
+
+if __name__ == '__main__':
+  tf.compat.v1.disable_eager_execution()
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

@@ -1,0 +1,290 @@
+"""Trains a matrix capsule network with EM routing.
+
+  python src/train.py --train_dir=runs/mnist
+
+Resumes from the latest checkpoint in --train_dir. Run src/tests.py in a
+second terminal to follow the checkpoints on the test set.
+"""
+
+import math
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow as tf
+
+import datasets
+import experiments
+import model
+import runtime
+from nets import losses
+from nets import schedules
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('config', 'default',
+                    'Named experiment (src/experiments.py) whose flag values '
+                    'apply unless given on the command line.')
+flags.DEFINE_enum('dataset', 'mnist', sorted(datasets.DATASETS), 'Dataset.')
+flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
+                    'data/<dataset>. Missing files are downloaded.')
+flags.DEFINE_string('train_dir', 'runs/default',
+                    'Checkpoints, summaries and model_config.json.')
+flags.DEFINE_string('gpu', '0', 'GPUs to use (visible_device_list), e.g. 0 '
+                    'or 0,1. Without a GPU the CPU is used.')
+flags.DEFINE_integer('batch_size', 24, 'Training batch size.')
+flags.DEFINE_integer('max_steps', 50000, 'Stop at this global step.')
+flags.DEFINE_integer('seed', None, 'Random seed (graph and input order).')
+flags.DEFINE_bool('augment', False, 'Random translations (MNIST, +-2 px).')
+flags.DEFINE_enum('smallnorb_split', 'full', ['full', 'azimuth', 'elevation'],
+                  'smallNORB viewpoint split.')
+# Model.
+flags.DEFINE_integer('iterations', 1, 'EM routing iterations.')
+flags.DEFINE_integer('A', 32, 'ReLU Conv1 channels.')
+flags.DEFINE_integer('B', 32, 'PrimaryCaps capsule types.')
+flags.DEFINE_integer('C', 32, 'ConvCaps1 capsule types.')
+flags.DEFINE_integer('D', 32, 'ConvCaps2 capsule types.')
+flags.DEFINE_enum('inverse_temperature_schedule', 'constant',
+                  list(schedules.INVERSE_TEMPERATURE_SCHEDULES),
+                  'Inverse temperature lambda over routing iterations.')
+flags.DEFINE_float('final_lambda', 1.0, 'Final inverse temperature.')
+flags.DEFINE_float('min_variance', 1e-4, 'M-step variance floor (0 = off).')
+flags.DEFINE_bool('cost_standardization', True,
+                  'Standardise the M-step cost over parent types.')
+flags.DEFINE_bool('log_space', True, 'E-step in log space.')
+# Optimisation.
+flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate.')
+flags.DEFINE_float('learning_rate_decay_rate', 1.0,
+                   'Exponential decay factor (1 = constant rate).')
+flags.DEFINE_integer('learning_rate_decay_steps', 20000,
+                     'Steps per decay factor.')
+flags.DEFINE_float('weight_decay', 0.0, 'L2 weight decay (0 = off).')
+flags.DEFINE_float('clip_gradient_norm', 5.0,
+                   'Clip gradients to this global norm (0 = off).')
+flags.DEFINE_enum('margin_schedule', 'linear',
+                  list(schedules.MARGIN_SCHEDULES), 'Spread-loss margin.')
+flags.DEFINE_float('margin_start', 0.2, 'Initial spread-loss margin.')
+flags.DEFINE_float('margin_end', 0.9, 'Final spread-loss margin.')
+flags.DEFINE_integer('margin_ramp_steps', 5000, 'Steps of the margin ramp.')
+# Bookkeeping.
+flags.DEFINE_integer('log_every_n_steps', 50, 'Log progress every N steps.')
+flags.DEFINE_integer('save_summaries_steps', 200, 'Summaries every N steps.')
+flags.DEFINE_integer('save_checkpoint_steps', 1000,
+                     'Checkpoint every N steps.')
+flags.DEFINE_integer('keep_checkpoint_max', 20, 'Checkpoints to keep.')
+flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
+flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or Inf."""
+
+
+def _apply_experiment():
+  """Sets the flags of --config that the command line did not give."""
+  for name, value in experiments.get(FLAGS.config).items():
+    if not FLAGS[name].present:
+      FLAGS[name].value = value
+
+
+def _validate_flags():
+  for name in ('batch_size', 'iterations', 'max_steps', 'log_every_n_steps',
+               'save_summaries_steps', 'save_checkpoint_steps',
+               'margin_ramp_steps', 'learning_rate_decay_steps',
+               'keep_checkpoint_max'):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f'--{name} must be >= 1, got {FLAGS[name].value}')
+  for name in ('learning_rate', 'learning_rate_decay_rate'):
+    if FLAGS[name].value <= 0:
+      raise app.UsageError(f'--{name} must be > 0, got {FLAGS[name].value}')
+  for name in ('weight_decay', 'clip_gradient_norm'):
+    if FLAGS[name].value < 0:
+      raise app.UsageError(f'--{name} must be >= 0, got {FLAGS[name].value}')
+  if not 0 <= FLAGS.margin_start <= FLAGS.margin_end:
+    raise app.UsageError('need 0 <= --margin_start <= --margin_end')
+  if FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
+    raise app.UsageError(f'--data_dir {FLAGS.data_dir} is not a directory')
+  try:
+    runtime.session_config(FLAGS.gpu)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+
+
+def _model_config(num_classes):
+  return model.ModelConfig(
+      num_classes=num_classes, iterations=FLAGS.iterations, a=FLAGS.A,
+      b=FLAGS.B, c=FLAGS.C, d=FLAGS.D,
+      inverse_temperature_schedule=FLAGS.inverse_temperature_schedule,
+      final_lambda=FLAGS.final_lambda, min_variance=FLAGS.min_variance,
+      cost_standardization=FLAGS.cost_standardization,
+      log_space=FLAGS.log_space)
+
+
+def _check_resumable(config):
+  """Refuses to resume a run whose network differs from the flags'."""
+  try:
+    previous = model.ModelConfig.load(FLAGS.train_dir)
+  except FileNotFoundError:
+    return
+  if previous != config:
+    raise app.UsageError(
+        f'{FLAGS.train_dir} holds a run of a different model '
+        f'({previous}); the flags ask for {config}. Use another --train_dir.')
+
+
+def _learning_rate(global_step):
+  if FLAGS.learning_rate_decay_rate == 1.0:
+    return tf.constant(FLAGS.learning_rate)
+  return tf.compat.v1.train.exponential_decay(
+      FLAGS.learning_rate, global_step, FLAGS.learning_rate_decay_steps,
+      FLAGS.learning_rate_decay_rate)
+
+
+def _weight_decay_loss():
+  weights = [v for v in tf.compat.v1.trainable_variables()
+             if v.op.name.endswith(('weights', 'transforms'))]
+  return FLAGS.weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in weights])
+
+
+def build_training_graph(dataset, config):
+  """The training graph: input, network, loss, Adam, summaries.
+
+  Returns:
+    dict of scalar tensors to log (loss, margin, learning_rate,
+    gradient_norm, global_step) and the train op under 'train_op'.
+  """
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  options = ({'augment': FLAGS.augment} if FLAGS.dataset == 'mnist' else
+             {'split': FLAGS.smallnorb_split})
+  data = dataset.train_input(runtime.data_dir(FLAGS.data_dir, FLAGS.dataset),
+                             FLAGS.batch_size, seed=FLAGS.seed, **options)
+  images, labels = tf.compat.v1.data.make_one_shot_iterator(data).get_next()
+  _, activations = config.build(images)
+  margin = schedules.margin(global_step, FLAGS.margin_schedule,
+                            FLAGS.margin_start, FLAGS.margin_end,
+                            FLAGS.margin_ramp_steps)
+  loss = losses.spread_loss(labels, activations, margin)
+  if FLAGS.weight_decay > 0:
+    loss += _weight_decay_loss()
+  learning_rate = _learning_rate(global_step)
+  optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate)
+  gradients, variables = zip(*optimizer.compute_gradients(loss))
+  gradient_norm = tf.linalg.global_norm(gradients)
+  if FLAGS.clip_gradient_norm > 0:
+    gradients, _ = tf.clip_by_global_norm(gradients, FLAGS.clip_gradient_norm,
+                                          use_norm=gradient_norm)
+  train_op = optimizer.apply_gradients(zip(gradients, variables), global_step)
+  accuracy = tf.reduce_mean(tf.cast(
+      tf.equal(tf.argmax(activations, -1, output_type=tf.int32), labels),
+      tf.float32))
+  scalars = {'loss': loss, 'margin': margin, 'learning_rate': learning_rate,
+             'gradient_norm': gradient_norm, 'train_accuracy': accuracy}
+  for name, value in scalars.items():
+    tf.compat.v1.summary.scalar(name, value)
+  return dict(scalars, global_step=global_step, train_op=train_op)
+
+
+class _ProgressHook(tf.compat.v1.train.SessionRunHook):
+  """Stops on a non-finite loss; logs progress every N steps."""
+
+  def __init__(self, fetches, every_n_steps, batch_size, max_steps):
+    self._fetches = fetches
+    self._every_n_steps = every_n_steps
+    self._batch_size = batch_size
+    self._max_steps = max_steps
+    self._last = None  # (step, time) of the last log line.
+
+  def before_run(self, run_context):
+    return tf.compat.v1.train.SessionRunArgs(self._fetches)
+
+  def after_run(self, run_context, run_values):
+    values = run_values.results
+    step = int(values['global_step']) + 1
+    if not math.isfinite(values['loss']):
+      raise NonFiniteLossError(
+          f'loss is {values["loss"]} at step {step}. The last checkpoint in '
+          f'{FLAGS.train_dir} is intact; lower --learning_rate, set '
+          '--clip_gradient_norm or raise --min_variance and resume.')
+    now = time.time()
+    if self._last is None:
+      self._last = (step, now)
+      return
+    if step % self._every_n_steps:
+      return
+    steps, seconds = step - self._last[0], now - self._last[1]
+    rate = steps * self._batch_size / seconds
+    eta = (self._max_steps - step) * seconds / steps
+    logging.info(
+        'step %d  loss %.4f  margin %.3f  lr %.2e  |g| %.3f  train acc %.3f  '
+        '%.1f images/s  ETA %s', step, values['loss'], values['margin'],
+        values['learning_rate'], values['gradient_norm'],
+        values['train_accuracy'], rate, _duration(eta))
+    self._last = (step, now)
+
+
+def _duration(seconds):
+  return time.strftime('%H:%M:%S', time.gmtime(seconds)) if seconds < 86400 \
+      else f'{seconds / 86400:.1f} days'
+
+
+def train(config, dataset):
+  """Runs the training loop until --max_steps."""
+  with tf.Graph().as_default():
+    if FLAGS.seed is not None:
+      tf.compat.v1.set_random_seed(FLAGS.seed)
+    graph = build_training_graph(dataset, config)
+    fetches = {k: v for k, v in graph.items() if k != 'train_op'}
+    saver = tf.compat.v1.train.Saver(max_to_keep=FLAGS.keep_checkpoint_max)
+    hooks = [
+        tf.compat.v1.train.StopAtStepHook(last_step=FLAGS.max_steps),
+        _ProgressHook(fetches, FLAGS.log_every_n_steps, FLAGS.batch_size,
+                      FLAGS.max_steps),
+        tf.compat.v1.train.CheckpointSaverHook(
+            FLAGS.train_dir, save_steps=FLAGS.save_checkpoint_steps,
+            saver=saver, save_graph_def=False),
+    ]
+    session_config = runtime.session_config(
+        FLAGS.gpu, FLAGS.intra_op_threads, FLAGS.inter_op_threads)
+    with tf.compat.v1.train.MonitoredTrainingSession(
+        checkpoint_dir=FLAGS.train_dir, hooks=hooks,
+        scaffold=tf.compat.v1.train.Scaffold(saver=saver),
+        save_checkpoint_secs=None, save_checkpoint_steps=None,
+        save_summaries_steps=FLAGS.save_summaries_steps,
+        log_step_count_steps=0, config=session_config) as session:
+      start = session.run_step_fn(
+          lambda step_context: step_context.session.run(graph['global_step']))
+      logging.info('Training from step %d to %d in %s.', start,
+                   FLAGS.max_steps, FLAGS.train_dir)
+      while not session.should_stop():
+        session.run(graph['train_op'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  _apply_experiment()
+  _validate_flags()
+  dataset = datasets.get_dataset(FLAGS.dataset)
+  config = _model_config(dataset.NUM_CLASSES)
+  os.makedirs(FLAGS.train_dir, exist_ok=True)
+  _check_resumable(config)
+  config.save(FLAGS.train_dir)
+  logging.info('Model: %s', config)
+  try:
+    train(config, dataset)
+  except NonFiniteLossError as e:
+    logging.error('Stopped: %s', e)
+    raise SystemExit(1) from e
+  except datasets.download.DataError as e:
+    logging.error('%s', e)
+    raise SystemExit(2) from e
+  logging.info('Reached step %d; checkpoints in %s.', FLAGS.max_steps,
+               FLAGS.train_dir)
+
+
+if __name__ == '__main__':
+  tf.compat.v1.disable_eager_execution()
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

@@ -1,0 +1,177 @@
+"""EM routing against the numpy Procedure 1, and its numerical guarantees."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import procedure1
+from nets import routing as em
+from nets import receptive_fields
+from nets import schedules
+
+STABILISED = dict(min_variance=1e-4, cost_standardization=True,
+                  log_space=True)
+
+
+def _run(votes, activations, beta_v, beta_a, iterations, **kwargs):
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    outputs = em.em_routing(tf.constant(votes), tf.constant(activations),
+                            tf.constant(beta_v), tf.constant(beta_a),
+                            iterations, **kwargs)
+    return session.run(outputs)
+
+
+def _problem(rng, num_positions, num_types, num_slots, scale=1.0):
+  votes = scale * rng.normal(size=(2, num_positions, num_types, num_slots,
+                                   16)).astype(np.float32)
+  activations = rng.uniform(0.05, 1.0, size=(2, num_positions, num_slots))
+  beta_v = rng.normal(0, 0.1, size=num_types).astype(np.float32)
+  beta_a = rng.normal(0, 0.1, size=num_types).astype(np.float32)
+  return votes, activations.astype(np.float32), beta_v, beta_a
+
+
+def _conv_child_ids(height, kernel_size, stride, num_in):
+  indices = receptive_fields.patch_indices(height, height, kernel_size, stride)
+  return receptive_fields.child_ids(indices, num_in)
+
+
+def _child_activations(rng, child_ids):
+  """Per-slot activations [2, P, I] consistent with one value per child."""
+  per_child = rng.uniform(0.05, 1.0, size=(2, child_ids.max() + 1))
+  return per_child[:, child_ids].astype(np.float32)
+
+
+def _check_against_numpy(votes, activations, beta_v, beta_a, lambdas,
+                         child_ids, log_space):
+  poses, a_out, assignments = _run(
+      votes, activations, beta_v, beta_a, len(lambdas),
+      inverse_temperature=lambda t: lambdas[t], child_ids=child_ids,
+      log_space=log_space)
+  num_positions, num_types = votes.shape[1], votes.shape[2]
+  for n in range(votes.shape[0]):
+    a, graph_votes, connected = procedure1.from_layout(
+        votes[n], activations[n], child_ids)
+    mu, a_ref, r_ref = procedure1.em_routing(
+        a, graph_votes, connected, np.tile(beta_v, num_positions),
+        np.tile(beta_a, num_positions), lambdas)
+    np.testing.assert_allclose(poses[n].reshape(-1, 16), mu, rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(a_out[n].reshape(-1), a_ref, rtol=1e-4,
+                               atol=1e-6)
+    _, graph_assignments, _ = procedure1.from_layout(
+        assignments[n][..., None], activations[n], child_ids)
+    np.testing.assert_allclose(graph_assignments[..., 0], r_ref, rtol=1e-4,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize('iterations', [1, 2, 3])
+@pytest.mark.parametrize('log_space', [False, True])
+def test_fully_connected_matches_numpy(iterations, log_space):
+  rng = np.random.default_rng(iterations)
+  votes, activations, beta_v, beta_a = _problem(rng, 1, 5, 12)
+  lambdas = [0.01 * (1 - 0.95 ** (t + 1)) * 50 for t in range(iterations)]
+  _check_against_numpy(votes, activations, beta_v, beta_a, lambdas, None,
+                       log_space)
+
+
+@pytest.mark.parametrize('iterations', [1, 2, 3])
+@pytest.mark.parametrize('log_space', [False, True])
+def test_convolutional_matches_numpy(iterations, log_space):
+  """5x5 children, 3x3 kernel, stride 1: up to 9 parent positions a child."""
+  rng = np.random.default_rng(10 + iterations)
+  child_ids = _conv_child_ids(5, 3, 1, num_in=2)  # [9, 18]
+  votes, _, beta_v, beta_a = _problem(rng, 9, 3, 18)
+  activations = _child_activations(rng, child_ids)
+  lambdas = [0.02] * iterations
+  _check_against_numpy(votes, activations, beta_v, beta_a, lambdas,
+                       child_ids, log_space)
+
+
+def test_convolutional_assignments_normalised_over_all_parents():
+  """Each child's R sums to 1 over every parent position and type it votes
+  for, not per patch."""
+  rng = np.random.default_rng(0)
+  child_ids = _conv_child_ids(7, 3, 2, num_in=3)  # 3x3 parents, stride 2
+  votes, _, beta_v, beta_a = _problem(rng, 9, 4, 27)
+  activations = _child_activations(rng, child_ids)
+  _, _, assignments = _run(votes, activations, beta_v, beta_a, 2,
+                           child_ids=child_ids, **STABILISED)
+  per_slot = assignments.sum(axis=2)  # [N, P, I], summed over parent types
+  for n in range(per_slot.shape[0]):
+    totals = np.bincount(child_ids.ravel(), per_slot[n].ravel())
+    np.testing.assert_allclose(totals, 1.0, rtol=1e-5)
+  shared = np.bincount(child_ids.ravel()).max()
+  assert shared == 4  # the test is only meaningful if children are shared
+  assert not np.allclose(per_slot, 1.0)
+
+
+def test_initial_assignments_spread_over_parents():
+  child_ids = _conv_child_ids(5, 3, 1, num_in=1)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    r = session.run(em.initial_assignments(tf.ones([1, 9, 9]), 2, child_ids))
+  totals = np.bincount(child_ids.ravel(), r[0].sum(axis=1).ravel())
+  np.testing.assert_allclose(totals, 1.0, rtol=1e-6)
+  assert r[0, 0, 0, 0] == pytest.approx(0.5)  # corner child: one position
+
+
+def test_fully_connected_assignments_sum_to_one_over_types():
+  rng = np.random.default_rng(1)
+  votes, activations, beta_v, beta_a = _problem(rng, 1, 10, 30)
+  _, a_out, assignments = _run(votes, activations, beta_v, beta_a, 3,
+                               **STABILISED)
+  np.testing.assert_allclose(assignments.sum(axis=2), 1.0, rtol=1e-5)
+  assert np.all((a_out > 0) & (a_out < 1))
+
+
+def test_stabilisers_off_by_default_and_change_result_when_on():
+  rng = np.random.default_rng(2)
+  problem = _problem(rng, 1, 4, 8)
+  exact = _run(*problem, 2)
+  floored = _run(*problem, 2, min_variance=1.0)
+  assert not np.allclose(exact[1], floored[1])
+
+
+EXTREMES = {
+    'huge': lambda rng: 1e4 * rng.normal(size=(2, 1, 10, 30, 16)),
+    'tiny': lambda rng: 1e-6 * rng.normal(size=(2, 1, 10, 30, 16)),
+    'identical': lambda rng: np.ones((2, 1, 10, 30, 16)),
+    'zero': lambda rng: np.zeros((2, 1, 10, 30, 16)),
+}
+
+
+@pytest.mark.parametrize('iterations', [1, 2, 3])
+@pytest.mark.parametrize('kind', sorted(EXTREMES))
+def test_stabilised_routing_finite_on_extreme_votes(kind, iterations):
+  rng = np.random.default_rng(3)
+  votes = EXTREMES[kind](rng).astype(np.float32)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    votes_t = tf.constant(votes)
+    activations = tf.constant(rng.uniform(0, 1, (2, 1, 30)), tf.float32)
+    beta_v = tf.zeros([10])
+    beta_a = tf.zeros([10])
+    poses, a_out, assignments = em.em_routing(
+        votes_t, activations, beta_v, beta_a, iterations,
+        inverse_temperature=schedules.inverse_temperature('authors', 1.0),
+        **STABILISED)
+    loss = tf.reduce_sum(poses) + tf.reduce_sum(a_out)
+    grads = tf.gradients(loss, [votes_t, activations, beta_v, beta_a])
+    values = session.run([poses, a_out, assignments] + grads)
+  for value in values:
+    assert np.all(np.isfinite(value))
+  assert np.all((values[1] >= 0) & (values[1] <= 1))
+
+
+def test_zero_activations_give_finite_outputs():
+  votes = np.random.default_rng(4).normal(size=(1, 1, 3, 5, 16))
+  poses, a_out, _ = _run(votes.astype(np.float32),
+                         np.zeros((1, 1, 5), np.float32),
+                         np.zeros(3, np.float32), np.zeros(3, np.float32), 2,
+                         **STABILISED)
+  assert np.all(np.isfinite(poses)) and np.all(np.isfinite(a_out))
+
+
+def test_rejects_zero_iterations():
+  with pytest.raises(ValueError, match='iterations'):
+    _run(np.zeros((1, 1, 2, 3, 16), np.float32),
+         np.ones((1, 1, 3), np.float32), np.zeros(2, np.float32),
+         np.zeros(2, np.float32), 0)
