@@ -56,22 +56,27 @@ class ModelConfig:
       raise ValueError(f'min_variance must be >= 0, got {self.min_variance}')
     schedules.inverse_temperature(self.inverse_temperature_schedule, 1.0)
 
-  def routing(self):
+  def routing(self, xla=False):
     return layers.Routing(
         inverse_temperature=schedules.inverse_temperature(
             self.inverse_temperature_schedule, self.final_lambda),
         min_variance=self.min_variance,
         cost_standardization=self.cost_standardization,
-        log_space=self.log_space)
+        log_space=self.log_space, xla=xla)
 
-  def build(self, images):
+  def build(self, images, xla=False):
     """The network on images [N, H, W, channels].
+
+    Args:
+      images: [N, H, W, channels].
+      xla: compile the routing with XLA; the same results, faster on the CPU
+        (notes/performance.md).
 
     Returns:
       poses [N, num_classes, 4, 4] and activations [N, num_classes].
     """
     return capsules.capsules_v0(
-        images, self.num_classes, self.iterations, self.routing(),
+        images, self.num_classes, self.iterations, self.routing(xla),
         a=self.a, b=self.b, c=self.c, d=self.d,
         coordinate_addition=self.coordinate_addition)
 

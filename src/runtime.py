@@ -6,10 +6,13 @@ import re
 
 import tensorflow as tf
 
+from tensorflow.core.protobuf import rewriter_config_pb2
+
 DATA_ROOT = 'data'
 
 
-def session_config(gpu, intra_op_threads=0, inter_op_threads=0):
+def session_config(gpu, intra_op_threads=0, inter_op_threads=0,
+                   memory_optimizer=False):
   """A ConfigProto that shows TensorFlow only the GPUs in `gpu`.
 
   Args:
@@ -17,6 +20,10 @@ def session_config(gpu, intra_op_threads=0, inter_op_threads=0):
       `visible_device_list`. With `allow_soft_placement` the graph runs on
       the CPU when there is no GPU.
     intra_op_threads, inter_op_threads: thread pools (0 = TensorFlow picks).
+    memory_optimizer: keep grappler's memory optimiser, which sums the
+      gradients of the vote tensor (used by every routing iteration) in
+      place through temporary variables: slower here at 2-3 iterations for
+      no lower peak (notes/performance.md).
 
   Returns:
     tf.compat.v1.ConfigProto.
@@ -24,12 +31,16 @@ def session_config(gpu, intra_op_threads=0, inter_op_threads=0):
   if not re.fullmatch(r'\d+(,\d+)*', gpu):
     raise ValueError(f'--gpu must be comma-separated GPU indices such as 0 or '
                      f'0,1; got {gpu!r}')
-  return tf.compat.v1.ConfigProto(
+  config = tf.compat.v1.ConfigProto(
       allow_soft_placement=True,
       gpu_options=tf.compat.v1.GPUOptions(visible_device_list=gpu,
                                           allow_growth=True),
       intra_op_parallelism_threads=intra_op_threads,
       inter_op_parallelism_threads=inter_op_threads)
+  if not memory_optimizer:
+    config.graph_options.rewrite_options.memory_optimization = (
+        rewriter_config_pb2.RewriterConfig.NO_MEM_OPT)
+  return config
 
 
 def data_dir(flag_value, dataset):

@@ -47,6 +47,7 @@ flags.DEFINE_integer('min_interval_secs', 10,
                      'Poll the train_dir at most this often.')
 flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
 flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
+flags.DEFINE_bool('xla', True, 'Compile the routing with XLA.')
 
 RESULTS_FILE = 'results.jsonl'
 
@@ -59,7 +60,8 @@ class Evaluator:
     num_classes: classes.
   """
 
-  def __init__(self, config, dataset, data_dir, batch_size, options):
+  def __init__(self, config, dataset, data_dir, batch_size, options,
+               xla=False):
     self.num_classes = config.num_classes
     self._graph = tf.Graph()
     with self._graph.as_default():
@@ -67,7 +69,7 @@ class Evaluator:
                                                    **options)
       self._iterator = tf.compat.v1.data.make_initializable_iterator(data)
       images, self._labels = self._iterator.get_next()
-      self._activations = _class_activations(config, images)
+      self._activations = _class_activations(config, images, xla)
       self._global_step = tf.compat.v1.train.get_or_create_global_step()
       self._saver = tf.compat.v1.train.Saver()
     self._graph.finalize()
@@ -96,16 +98,16 @@ class Evaluator:
     return int(step), np.concatenate(predictions), np.concatenate(labels)
 
 
-def _class_activations(config, images):
+def _class_activations(config, images, xla):
   """Class activations [N, classes], averaged over crops when images are
   [N, crops, H, W, channels]."""
   if images.shape.rank == 5:
     crops = images.shape[1]
     flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
-    _, activations = config.build(flat)
+    _, activations = config.build(flat, xla)
     return tf.reduce_mean(
         tf.reshape(activations, [-1, crops, config.num_classes]), axis=1)
-  return config.build(images)[1]
+  return config.build(images, xla)[1]
 
 
 def per_class_accuracy(predictions, labels, num_classes):
@@ -136,10 +138,19 @@ def report(step, predictions, labels, num_classes, seconds, eval_dir,
             'images_evaluated': int(len(labels)),
             'per_class_accuracy': [float(v) for v in per_class],
             'eval_seconds': round(seconds, 2), 'time': time.time(),
-            'checkpoint': os.path.basename(checkpoint)}
+            'checkpoint': os.path.basename(checkpoint),
+            'checkpoint_time': _checkpoint_time(checkpoint)}
   with open(os.path.join(eval_dir, RESULTS_FILE), 'a') as f:
     f.write(json.dumps(record) + '\n')
   return record
+
+
+def _checkpoint_time(checkpoint):
+  """When the checkpoint was written (its index file's mtime), or None."""
+  try:
+    return os.path.getmtime(checkpoint + '.index')
+  except OSError:
+    return None
 
 
 def _evaluated_steps(eval_dir):
@@ -207,7 +218,7 @@ def main(argv):
   try:
     evaluator = Evaluator(config, dataset,
                           runtime.data_dir(FLAGS.data_dir, FLAGS.dataset),
-                          FLAGS.batch_size, options)
+                          FLAGS.batch_size, options, FLAGS.xla)
   except datasets.download.DataError as e:
     logging.error('%s', e)
     raise SystemExit(2) from e

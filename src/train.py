@@ -6,8 +6,11 @@ Resumes from the latest checkpoint in --train_dir. Run src/tests.py in a
 second terminal to follow the checkpoints on the test set.
 """
 
+import dataclasses
+import json
 import math
 import os
+import sys
 import time
 
 from absl import app
@@ -19,7 +22,7 @@ import datasets
 import experiments
 import model
 import runtime
-from nets import losses
+import training
 from nets import schedules
 
 FLAGS = flags.FLAGS
@@ -76,6 +79,11 @@ flags.DEFINE_integer('save_checkpoint_steps', 1000,
 flags.DEFINE_integer('keep_checkpoint_max', 20, 'Checkpoints to keep.')
 flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
 flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
+flags.DEFINE_bool('xla', True, 'Compile the routing with XLA (same results, '
+                  'faster on the CPU).')
+
+
+STARTS_FILE = 'starts.jsonl'
 
 
 class NonFiniteLossError(RuntimeError):
@@ -134,56 +142,20 @@ def _check_resumable(config):
         f'({previous}); the flags ask for {config}. Use another --train_dir.')
 
 
-def _learning_rate(global_step):
-  if FLAGS.learning_rate_decay_rate == 1.0:
-    return tf.constant(FLAGS.learning_rate)
-  return tf.compat.v1.train.exponential_decay(
-      FLAGS.learning_rate, global_step, FLAGS.learning_rate_decay_steps,
-      FLAGS.learning_rate_decay_rate)
-
-
-def _weight_decay_loss():
-  weights = [v for v in tf.compat.v1.trainable_variables()
-             if v.op.name.endswith(('weights', 'transforms'))]
-  return FLAGS.weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in weights])
+def _train_config():
+  return training.TrainConfig(**{
+      field.name: FLAGS[field.name].value
+      for field in dataclasses.fields(training.TrainConfig)})
 
 
 def build_training_graph(dataset, config):
-  """The training graph: input, network, loss, Adam, summaries.
-
-  Returns:
-    dict of scalar tensors to log (loss, margin, learning_rate,
-    gradient_norm, global_step) and the train op under 'train_op'.
-  """
-  global_step = tf.compat.v1.train.get_or_create_global_step()
+  """Input pipeline and training.build; see there for what it returns."""
   options = ({'augment': FLAGS.augment} if FLAGS.dataset == 'mnist' else
              {'split': FLAGS.smallnorb_split})
   data = dataset.train_input(runtime.data_dir(FLAGS.data_dir, FLAGS.dataset),
                              FLAGS.batch_size, seed=FLAGS.seed, **options)
   images, labels = tf.compat.v1.data.make_one_shot_iterator(data).get_next()
-  _, activations = config.build(images)
-  margin = schedules.margin(global_step, FLAGS.margin_schedule,
-                            FLAGS.margin_start, FLAGS.margin_end,
-                            FLAGS.margin_ramp_steps)
-  loss = losses.spread_loss(labels, activations, margin)
-  if FLAGS.weight_decay > 0:
-    loss += _weight_decay_loss()
-  learning_rate = _learning_rate(global_step)
-  optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate)
-  gradients, variables = zip(*optimizer.compute_gradients(loss))
-  gradient_norm = tf.linalg.global_norm(gradients)
-  if FLAGS.clip_gradient_norm > 0:
-    gradients, _ = tf.clip_by_global_norm(gradients, FLAGS.clip_gradient_norm,
-                                          use_norm=gradient_norm)
-  train_op = optimizer.apply_gradients(zip(gradients, variables), global_step)
-  accuracy = tf.reduce_mean(tf.cast(
-      tf.equal(tf.argmax(activations, -1, output_type=tf.int32), labels),
-      tf.float32))
-  scalars = {'loss': loss, 'margin': margin, 'learning_rate': learning_rate,
-             'gradient_norm': gradient_norm, 'train_accuracy': accuracy}
-  for name, value in scalars.items():
-    tf.compat.v1.summary.scalar(name, value)
-  return dict(scalars, global_step=global_step, train_op=train_op)
+  return training.build(images, labels, config, _train_config(), FLAGS.xla)
 
 
 class _ProgressHook(tf.compat.v1.train.SessionRunHook):
@@ -229,13 +201,22 @@ def _duration(seconds):
       else f'{seconds / 86400:.1f} days'
 
 
+def _record_start(step):
+  """Appends this (re)start to <train_dir>/starts.jsonl, the origin of the
+  wall-clock times that report.py gives."""
+  with open(os.path.join(FLAGS.train_dir, STARTS_FILE), 'a') as f:
+    f.write(json.dumps({'step': int(step), 'time': time.time(),
+                        'argv': sys.argv}) + '\n')
+
+
 def train(config, dataset):
   """Runs the training loop until --max_steps."""
   with tf.Graph().as_default():
     if FLAGS.seed is not None:
       tf.compat.v1.set_random_seed(FLAGS.seed)
     graph = build_training_graph(dataset, config)
-    fetches = {k: v for k, v in graph.items() if k != 'train_op'}
+    fetches = {k: v for k, v in graph.items()
+               if k not in ('train_op', 'activations')}
     saver = tf.compat.v1.train.Saver(max_to_keep=FLAGS.keep_checkpoint_max)
     hooks = [
         tf.compat.v1.train.StopAtStepHook(last_step=FLAGS.max_steps),
@@ -257,6 +238,7 @@ def train(config, dataset):
           lambda step_context: step_context.session.run(graph['global_step']))
       logging.info('Training from step %d to %d in %s.', start,
                    FLAGS.max_steps, FLAGS.train_dir)
+      _record_start(start)
       while not session.should_stop():
         session.run(graph['train_op'])
 

@@ -1,5 +1,7 @@
 """EM routing against the numpy Procedure 1, and its numerical guarantees."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +10,7 @@ import procedure1
 from nets import routing as em
 from nets import receptive_fields
 from nets import schedules
+from nets import votes
 
 STABILISED = dict(min_variance=1e-4, cost_standardization=True,
                   log_space=True)
@@ -175,3 +178,41 @@ def test_rejects_zero_iterations():
     _run(np.zeros((1, 1, 2, 3, 16), np.float32),
          np.ones((1, 1, 3), np.float32), np.zeros(2, np.float32),
          np.zeros(2, np.float32), 0)
+
+
+@pytest.mark.parametrize('iterations', [1, 2, 3])
+def test_vote_moments_path_matches_votes_path(iterations):
+  """The first M-step from poses and transforms equals the one from votes."""
+  rng = np.random.default_rng(20 + iterations)
+  poses = rng.normal(size=(2, 9, 18, 4, 4)).astype(np.float32)
+  transforms = rng.normal(0, 0.5, size=(18, 3, 4, 4)).astype(np.float32)
+  child_ids = _conv_child_ids(5, 3, 1, num_in=2)
+  activations = _child_activations(rng, child_ids)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    poses_t, transforms_t = tf.constant(poses), tf.constant(transforms)
+    votes_t = votes.compute_votes(poses_t, transforms_t)
+    kwargs = dict(child_ids=child_ids, **STABILISED)
+    args = (votes_t, tf.constant(activations), tf.zeros([3]), tf.zeros([3]),
+            iterations)
+    direct = em.em_routing(*args, **kwargs)
+    via_moments = em.em_routing(*args, vote_moments=functools.partial(
+        votes.vote_moments, poses_t, transforms_t), **kwargs)
+    grads = [tf.gradients(out[0] + out[1][..., None], [poses_t, transforms_t])
+             for out in (direct, via_moments)]
+    direct, via_moments, grads = session.run([direct, via_moments, grads])
+  for a, b in zip(direct, via_moments):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
+
+
+def test_compute_votes_is_pose_times_transform():
+  rng = np.random.default_rng(5)
+  poses = rng.normal(size=(2, 3, 6, 4, 4)).astype(np.float32)
+  transforms = rng.normal(size=(6, 5, 4, 4)).astype(np.float32)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    result = session.run(votes.compute_votes(tf.constant(poses),
+                                             tf.constant(transforms)))
+  expected = np.einsum('npirt,icts->npcirs', poses, transforms)
+  np.testing.assert_allclose(result, expected.reshape(2, 3, 5, 6, 16),
+                             rtol=1e-5, atol=1e-5)

@@ -8,7 +8,9 @@ A capsule layer's output is a pair (poses [N, H, W, B, 4, 4], activations
 pose matrix M and an activation a in (0, 1).
 """
 
+import contextlib
 import dataclasses
+import functools
 import math
 from typing import Callable, Union
 
@@ -16,6 +18,7 @@ import tensorflow as tf
 
 from nets import routing as em
 from nets import receptive_fields
+from nets import votes as votes_lib
 
 POSE_SIZE = 4
 
@@ -25,12 +28,14 @@ class Routing:
   """How a capsule layer routes: Procedure 1 and its numerical stabilisers.
 
   The defaults compute the paper's Procedure 1 exactly (lambda = 1);
-  notes/em_routing.md explains each stabiliser.
+  notes/em_routing.md explains each stabiliser. `xla` compiles the routing
+  and its gradient with XLA (notes/performance.md), which changes no result.
   """
   inverse_temperature: Union[float, Callable[[int], float]] = 1.0
   min_variance: float = 0.0
   cost_standardization: bool = False
   log_space: bool = False
+  xla: bool = False
 
 
 def _variable(name, shape, stddev):
@@ -117,12 +122,18 @@ def _beta(num_types):
       'beta_a', [num_types], 0.0)
 
 
-def _route(votes, activations, num_types, iterations, routing, child_ids):
+def _route(votes, activations, num_types, iterations, routing, child_ids,
+           vote_moments=None):
   """Runs EM routing under the layer's scope; adds its summaries."""
   beta_v, beta_a = _beta(num_types)
-  poses, out_activations, assignments = em.em_routing(
-      votes, activations, beta_v, beta_a, iterations,
-      child_ids=child_ids, **dataclasses.asdict(routing))
+  options = dataclasses.asdict(routing)
+  scope = (tf.compat.v1.xla.experimental.jit_scope(
+      compile_ops=True, separate_compiled_gradients=False)
+           if options.pop('xla') else contextlib.nullcontext())
+  with scope:
+    poses, out_activations, assignments = em.em_routing(
+        votes, activations, beta_v, beta_a, iterations, child_ids=child_ids,
+        vote_moments=vote_moments, **options)
   tf.compat.v1.summary.histogram('assignments', assignments)
   tf.compat.v1.summary.histogram('activations', out_activations)
   return poses, out_activations
@@ -167,41 +178,14 @@ def capsules_conv(inputs, shape, strides, iterations, routing=Routing(),
     patch_activations = tf.reshape(
         tf.gather(flat_activations, indices, axis=1),
         [-1, indices.shape[0], num_slots])
-    votes = compute_votes(patch_poses, transforms)
     child_ids = receptive_fields.child_ids(indices, num_in)
-    out_poses, out_activations = _route(votes, patch_activations, num_out,
-                                        iterations, routing, child_ids)
+    out_poses, out_activations = _route(
+        votes_lib.compute_votes(patch_poses, transforms), patch_activations,
+        num_out, iterations, routing, child_ids,
+        functools.partial(votes_lib.vote_moments, patch_poses, transforms))
     return (tf.reshape(out_poses, [-1, out_height, out_width, num_out,
                                    POSE_SIZE, POSE_SIZE]),
             tf.reshape(out_activations, [-1, out_height, out_width, num_out]))
-
-
-def compute_votes(poses, transforms):
-  """V_ij = M_i W_ij for every child slot i and parent type j.
-
-  One batched matrix product over the slots: for slot i, the rows of every
-  pose M_i in the batch are stacked, [N * P * 4, 4] x [4, C * 4], so nothing
-  is tiled over the C parent types.
-
-  Args:
-    poses: M_i [N, P, I, 4, 4].
-    transforms: W_ij [I, C, 4, 4].
-
-  Returns:
-    votes [N, P, C, I, 16].
-  """
-  num_slots, num_out = transforms.shape[0], transforms.shape[1]
-  batch_shape = tf.shape(poses)[:2]
-  rows = tf.reshape(tf.transpose(poses, [2, 0, 1, 3, 4]),
-                    [num_slots, -1, POSE_SIZE])  # [I, N*P*4, 4]
-  columns = tf.reshape(tf.transpose(transforms, [0, 2, 1, 3]),
-                       [num_slots, POSE_SIZE, num_out * POSE_SIZE])
-  products = tf.matmul(rows, columns)  # [I, N*P*4, C*4]
-  products = tf.reshape(products, tf.concat(
-      [[num_slots], batch_shape, [POSE_SIZE, num_out, POSE_SIZE]], axis=0))
-  votes = tf.transpose(products, [1, 2, 4, 0, 3, 5])  # [N, P, C, I, 4, 4]
-  return tf.reshape(votes, tf.concat(
-      [batch_shape, [num_out, num_slots, POSE_SIZE * POSE_SIZE]], axis=0))
 
 
 def capsules_fc(inputs, num_classes, iterations, coordinate_addition=True,
@@ -233,7 +217,7 @@ def capsules_fc(inputs, num_classes, iterations, coordinate_addition=True,
     shared = tf.tile(transforms[None], [positions, 1, 1, 1, 1])
     flat_poses = tf.reshape(poses, [-1, 1, positions * num_in, POSE_SIZE,
                                     POSE_SIZE])
-    votes = compute_votes(
+    votes = votes_lib.compute_votes(
         flat_poses,
         tf.reshape(shared, [positions * num_in, num_classes, POSE_SIZE,
                             POSE_SIZE]))  # [N, 1, J, H*W*B, 16]

@@ -106,7 +106,7 @@ def initial_assignments(activations, num_parent_types, child_ids=None):
 
 def m_step(assignments, activations, votes, beta_v, beta_a,
            inverse_temperature, min_variance=0.0,
-           cost_standardization=False):
+           cost_standardization=False, vote_moments=None):
   """M-STEP(a, R, V, j) for every parent j.
 
   Args:
@@ -117,44 +117,55 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
     inverse_temperature: lambda, a float or scalar tensor.
     min_variance: variance floor added to (sigma_j^h)^2.
     cost_standardization: standardise sum_h cost_j^h over the C types.
+    vote_moments: None, or, when R_ij does not depend on j, a function
+      w [N, P, I] -> (sum_i w_i V_ij^h, sum_i w_i (V_ij^h)^2) that computes
+      the moments without the votes (nets.votes.vote_moments).
 
   Returns:
-    poses mu_j^h [N, P, C, H], variances (sigma_j^h)^2 [N, P, C, H],
-    activation logits lambda (beta_a - sum_h cost_j^h) [N, P, C],
-    squared deviations (V_ij^h - mu_j^h)^2 [N, P, C, I, H].
+    poses mu_j^h [N, P, C, H], variances (sigma_j^h)^2 [N, P, C, H] and
+    activation logits lambda (beta_a - sum_h cost_j^h) [N, P, C].
   """
   assignments = assignments * activations[:, :, None, :]  # R_ij <- R_ij a_i
-  mass = tf.reduce_sum(assignments, axis=-1)  # sum_i R_ij [N, P, C]
-  poses = tf.math.divide_no_nan(
-      _weighted_child_sum(assignments, votes), mass[..., None])
-  squared_deviations = tf.math.squared_difference(votes, poses[..., None, :])
-  variances = tf.math.divide_no_nan(
-      _weighted_child_sum(assignments, squared_deviations), mass[..., None])
+  mass = tf.reduce_sum(assignments, axis=-1)[..., None]  # sum_i R_ij
+  if vote_moments is None:
+    poses = tf.math.divide_no_nan(
+        _weighted_child_sum(assignments, votes), mass)
+    variances = tf.math.divide_no_nan(_weighted_child_sum(
+        assignments, tf.math.squared_difference(votes, poses[..., None, :])),
+                                      mass)
+  else:
+    first, second = vote_moments(assignments[:, :, 0, :])
+    poses = tf.math.divide_no_nan(first, mass)
+    # E[V^2] - mu^2 >= 0 up to rounding, which the floor at zero removes.
+    variances = tf.nn.relu(tf.math.divide_no_nan(second, mass) -
+                           tf.square(poses))
   variances += min_variance
   # cost^h = (beta_v + log sigma^h) sum_i R_ij, with log sigma = log(sigma^2)/2.
-  cost = (beta_v[:, None] + 0.5 * tf.math.log(variances)) * mass[..., None]
+  cost = (beta_v[:, None] + 0.5 * tf.math.log(variances)) * mass
   cost = tf.reduce_sum(cost, axis=-1)  # sum_h cost^h [N, P, C]
   if cost_standardization:
     mean, variance = tf.nn.moments(cost, axes=[-1], keepdims=True)
     cost = (cost - mean) / (tf.sqrt(variance) + _COST_EPSILON)
   logits = inverse_temperature * (beta_a - cost)  # a_j = logistic(logits)
-  return poses, variances, logits, squared_deviations
+  return poses, variances, logits
 
 
-def log_gaussian_density(squared_deviations, variances):
+def log_gaussian_density(votes, poses, variances):
   """log p_j(V_ij): the log of a diagonal Gaussian's density.
 
   log p_j = -sum_h (V_ij^h - mu_j^h)^2 / (2 (sigma_j^h)^2)
             - sum_h log(sigma_j^h) - (H / 2) log(2 pi).
 
   Args:
-    squared_deviations: (V_ij^h - mu_j^h)^2 [N, P, C, I, H].
+    votes: V_ij^h [N, P, C, I, H].
+    poses: mu_j^h [N, P, C, H].
     variances: (sigma_j^h)^2 [N, P, C, H].
 
   Returns:
     [N, P, C, I].
   """
   num_components = variances.shape[-1]
+  squared_deviations = tf.math.squared_difference(votes, poses[..., None, :])
   exponent = _component_sum(squared_deviations, 0.5 / variances)
   log_normaliser = (0.5 * tf.reduce_sum(tf.math.log(variances), axis=-1) +
                     0.5 * num_components * math.log(2.0 * math.pi))
@@ -198,8 +209,7 @@ def _normalize(numerators, child_ids):
   return numerators / totals[:, :, None, :]
 
 
-def e_step(squared_deviations, variances, logits, child_ids=None,
-           log_space=False):
+def e_step(votes, poses, variances, logits, child_ids=None, log_space=False):
   """E-STEP(mu, sigma, a, V, i) for every child i.
 
   p_j = exp(-sum_h (V_ij^h - mu_j^h)^2 / (2 (sigma_j^h)^2))
@@ -207,7 +217,8 @@ def e_step(squared_deviations, variances, logits, child_ids=None,
   R_ij = a_j p_j / sum_k a_k p_k
 
   Args:
-    squared_deviations: (V_ij^h - mu_j^h)^2 [N, P, C, I, H].
+    votes: V_ij^h [N, P, C, I, H].
+    poses: mu_j^h [N, P, C, H].
     variances: (sigma_j^h)^2 [N, P, C, H].
     logits: activation logits, a_j = logistic(logits) [N, P, C].
     child_ids: int array [P, I] for a convolutional layer, else None.
@@ -216,7 +227,7 @@ def e_step(squared_deviations, variances, logits, child_ids=None,
   Returns:
     assignments R_ij [N, P, C, I].
   """
-  log_p = log_gaussian_density(squared_deviations, variances)
+  log_p = log_gaussian_density(votes, poses, variances)
   if log_space:
     log_a = tf.math.log_sigmoid(logits)[..., None]
     return _normalize_log_space(log_a + log_p, child_ids)
@@ -226,7 +237,8 @@ def e_step(squared_deviations, variances, logits, child_ids=None,
 
 def em_routing(votes, activations, beta_v, beta_a, iterations,
                inverse_temperature=1.0, child_ids=None, min_variance=0.0,
-               cost_standardization=False, log_space=False):
+               cost_standardization=False, log_space=False,
+               vote_moments=None):
   """Procedure 1: routes votes to parents by EM.
 
   Args:
@@ -240,6 +252,10 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
       layers), or None when every child sits in one slot (fully connected).
     min_variance, cost_standardization, log_space: numerical stabilisers (see
       the module docstring); the defaults compute Procedure 1 exactly.
+    vote_moments: None, or a function w [N, P, I] -> (sum_i w_i V_ij^h,
+      sum_i w_i (V_ij^h)^2) that the first M-step uses instead of the votes
+      (nets.votes.vote_moments); with one iteration the votes are then never
+      evaluated.
 
   Returns:
     poses mu_j [N, P, C, H], activations a_j [N, P, C] and the assignments
@@ -251,10 +267,11 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
   assignments = initial_assignments(activations, votes.shape[2], child_ids)
   for t in range(iterations):
     with tf.name_scope(f'iteration_{t + 1}'):
-      poses, variances, logits, squared_deviations = m_step(
+      poses, variances, logits = m_step(
           assignments, activations, votes, beta_v, beta_a, schedule(t),
-          min_variance, cost_standardization)
+          min_variance, cost_standardization,
+          vote_moments if t == 0 else None)
       if t < iterations - 1:
-        assignments = e_step(squared_deviations, variances, logits,
-                             child_ids, log_space)
+        assignments = e_step(votes, poses, variances, logits, child_ids,
+                             log_space)
   return poses, tf.sigmoid(logits), assignments

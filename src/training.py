@@ -1,0 +1,83 @@
+"""The training graph, shared by train.py and benchmark.py: spread loss with
+its margin schedule, optional weight decay, Adam with optional exponential
+learning-rate decay and gradient-norm clipping."""
+
+import dataclasses
+
+import tensorflow as tf
+
+from nets import losses
+from nets import schedules
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation settings (train.py's flags of the same names)."""
+  learning_rate: float = 1e-3
+  learning_rate_decay_rate: float = 1.0
+  learning_rate_decay_steps: int = 20000
+  weight_decay: float = 0.0
+  clip_gradient_norm: float = 5.0
+  margin_schedule: str = 'linear'
+  margin_start: float = 0.2
+  margin_end: float = 0.9
+  margin_ramp_steps: int = 5000
+
+
+def learning_rate(config, global_step):
+  """Adam's learning rate: constant, or decayed by a factor every N steps."""
+  if config.learning_rate_decay_rate == 1.0:
+    return tf.constant(config.learning_rate)
+  return tf.compat.v1.train.exponential_decay(
+      config.learning_rate, global_step, config.learning_rate_decay_steps,
+      config.learning_rate_decay_rate)
+
+
+def _weight_decay_loss(weight_decay):
+  """weight_decay * sum of w^2 / 2 over convolution weights and transforms."""
+  weights = [v for v in tf.compat.v1.trainable_variables()
+             if v.op.name.endswith(('weights', 'transforms'))]
+  return weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in weights])
+
+
+def build(images, labels, model_config, train_config, xla=False):
+  """Network, loss and train op on one batch.
+
+  Args:
+    images: [N, H, W, channels].
+    labels: int32 [N].
+    model_config: a model.ModelConfig.
+    train_config: a TrainConfig.
+    xla: compile the routing with XLA.
+
+  Returns:
+    dict of scalar tensors (loss, margin, learning_rate, gradient_norm,
+    train_accuracy, global_step), class activations [N, classes] under
+    'activations' and the train op under 'train_op'. Scalar summaries of
+    the first five are added.
+  """
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  _, activations = model_config.build(images, xla)
+  margin = schedules.margin(global_step, train_config.margin_schedule,
+                            train_config.margin_start, train_config.margin_end,
+                            train_config.margin_ramp_steps)
+  loss = losses.spread_loss(labels, activations, margin)
+  if train_config.weight_decay > 0:
+    loss += _weight_decay_loss(train_config.weight_decay)
+  rate = learning_rate(train_config, global_step)
+  optimizer = tf.compat.v1.train.AdamOptimizer(rate)
+  gradients, variables = zip(*optimizer.compute_gradients(loss))
+  gradient_norm = tf.linalg.global_norm(gradients)
+  if train_config.clip_gradient_norm > 0:
+    gradients, _ = tf.clip_by_global_norm(
+        gradients, train_config.clip_gradient_norm, use_norm=gradient_norm)
+  train_op = optimizer.apply_gradients(zip(gradients, variables), global_step)
+  accuracy = tf.reduce_mean(tf.cast(
+      tf.equal(tf.argmax(activations, -1, output_type=tf.int32), labels),
+      tf.float32))
+  scalars = {'loss': loss, 'margin': margin, 'learning_rate': rate,
+             'gradient_norm': gradient_norm, 'train_accuracy': accuracy}
+  for name, value in scalars.items():
+    tf.compat.v1.summary.scalar(name, value)
+  return dict(scalars, global_step=global_step, activations=activations,
+              train_op=train_op)
