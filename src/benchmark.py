@@ -39,6 +39,8 @@ flags.DEFINE_integer('B', 32, 'PrimaryCaps capsule types.')
 flags.DEFINE_integer('C', 32, 'ConvCaps1 capsule types.')
 flags.DEFINE_integer('D', 32, 'ConvCaps2 capsule types.')
 flags.DEFINE_bool('xla', True, 'Compile the routing with XLA.')
+flags.DEFINE_bool('vote_moments', True, 'First M-step of the ConvCaps '
+                  'layers from poses and transforms, without votes.')
 flags.DEFINE_bool('memory_optimizer', False,
                   "Keep grappler's memory optimiser.")
 flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
@@ -79,7 +81,7 @@ def measure(iterations, batch_size):
     labels = tf.Variable(rng.integers(0, NUM_CLASSES, batch_size),
                          dtype=tf.int32, trainable=False)
     graph = training.build(images, labels, config, training.TrainConfig(),
-                           FLAGS.xla)
+                           FLAGS.xla, FLAGS.vote_moments)
     session_config = runtime.session_config(
         '0', FLAGS.intra_op_threads, FLAGS.inter_op_threads,
         FLAGS.memory_optimizer)
@@ -100,6 +102,7 @@ def measure(iterations, batch_size):
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
       'steps': FLAGS.steps,
       'xla': FLAGS.xla,
+      'vote_moments': FLAGS.vote_moments,
       'memory_optimizer': FLAGS.memory_optimizer,
       'intra_op_threads': FLAGS.intra_op_threads,
       'inter_op_threads': FLAGS.inter_op_threads,

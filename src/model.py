@@ -11,6 +11,7 @@ import json
 import os
 
 from nets import capsules
+from nets import decoder
 from nets import layers
 from nets import schedules
 
@@ -22,6 +23,7 @@ class ModelConfig:
   """The network (paper Figure 1) and its routing.
 
   Attributes:
+    dataset: the dataset the network is trained on (datasets.DATASETS).
     num_classes: class capsules (10 for MNIST, 5 for smallNORB).
     iterations: EM routing iterations in every capsule layer.
     a, b, c, d: ReLU Conv1 channels and PrimaryCaps, ConvCaps1, ConvCaps2
@@ -32,7 +34,10 @@ class ModelConfig:
     min_variance: variance floor of the M-step (0 = off).
     cost_standardization: standardise the M-step cost over parent types.
     log_space: E-step in log space.
+    reconstruction_weight: weight of the reconstruction loss; > 0 adds the
+      decoder of nets/decoder.py (the reference's "R1" experiments).
   """
+  dataset: str = 'mnist'
   num_classes: int = 10
   iterations: int = 1
   a: int = 32
@@ -45,6 +50,7 @@ class ModelConfig:
   min_variance: float = 1e-4
   cost_standardization: bool = True
   log_space: bool = True
+  reconstruction_weight: float = 0.0
 
   def __post_init__(self):
     for name in ('num_classes', 'iterations', 'a', 'b', 'c', 'd'):
@@ -52,33 +58,42 @@ class ModelConfig:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
     if self.final_lambda <= 0:
       raise ValueError(f'final_lambda must be > 0, got {self.final_lambda}')
+    if self.reconstruction_weight < 0:
+      raise ValueError('reconstruction_weight must be >= 0, got '
+                       f'{self.reconstruction_weight}')
     if self.min_variance < 0:
       raise ValueError(f'min_variance must be >= 0, got {self.min_variance}')
     schedules.inverse_temperature(self.inverse_temperature_schedule, 1.0)
 
-  def routing(self, xla=False):
+  def routing(self, xla=False, vote_moments=True):
     return layers.Routing(
         inverse_temperature=schedules.inverse_temperature(
             self.inverse_temperature_schedule, self.final_lambda),
         min_variance=self.min_variance,
         cost_standardization=self.cost_standardization,
-        log_space=self.log_space, xla=xla)
+        log_space=self.log_space, xla=xla, vote_moments=vote_moments)
 
-  def build(self, images, xla=False):
+  def build(self, images, xla=False, vote_moments=True):
     """The network on images [N, H, W, channels].
 
     Args:
       images: [N, H, W, channels].
-      xla: compile the routing with XLA; the same results, faster on the CPU
-        (notes/performance.md).
+      xla: compile the routing with XLA.
+      vote_moments: first M-step of the ConvCaps layers without votes.
+      Both change the speed, not the results (notes/performance.md).
 
     Returns:
       poses [N, num_classes, 4, 4] and activations [N, num_classes].
     """
     return capsules.capsules_v0(
-        images, self.num_classes, self.iterations, self.routing(xla),
+        images, self.num_classes, self.iterations,
+        self.routing(xla, vote_moments),
         a=self.a, b=self.b, c=self.c, d=self.d,
         coordinate_addition=self.coordinate_addition)
+
+  def reconstruct(self, poses, classes, image_shape):
+    """Images [N, H, W, channels] from the poses [N, J, 4, 4] of `classes`."""
+    return decoder.reconstruct(poses, classes, image_shape)
 
   def save(self, directory):
     """Writes the config to `directory`/model_config.json atomically."""

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 import datasets
+import evaluation
 import model
 import runtime
 
@@ -29,7 +30,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('train_dir', 'runs/default', 'Directory of the run.')
 flags.DEFINE_string('eval_dir', None,
                     'Where results go; default <train_dir>/eval_test.')
-flags.DEFINE_enum('dataset', 'mnist', sorted(datasets.DATASETS), 'Dataset.')
+flags.DEFINE_enum('dataset', None, sorted(datasets.DATASETS),
+                  'Dataset; default: the one the run trains on.')
 flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
                     'data/<dataset>.')
 flags.DEFINE_enum('smallnorb_split', 'full', ['full', 'azimuth', 'elevation'],
@@ -52,77 +54,12 @@ flags.DEFINE_bool('xla', True, 'Compile the routing with XLA.')
 RESULTS_FILE = 'results.jsonl'
 
 
-class Evaluator:
-  """The evaluation graph of one run, restored from one checkpoint at a time.
-
-  Attributes:
-    num_examples: test examples in one pass.
-    num_classes: classes.
-  """
-
-  def __init__(self, config, dataset, data_dir, batch_size, options,
-               xla=False):
-    self.num_classes = config.num_classes
-    self._graph = tf.Graph()
-    with self._graph.as_default():
-      data, self.num_examples = dataset.eval_input(data_dir, batch_size,
-                                                   **options)
-      self._iterator = tf.compat.v1.data.make_initializable_iterator(data)
-      images, self._labels = self._iterator.get_next()
-      self._activations = _class_activations(config, images, xla)
-      self._global_step = tf.compat.v1.train.get_or_create_global_step()
-      self._saver = tf.compat.v1.train.Saver()
-    self._graph.finalize()
-
-  def evaluate(self, session_config, checkpoint):
-    """One pass over the test set.
-
-    Returns:
-      (global step, predictions int [num_examples], labels int
-      [num_examples]).
-    """
-    with tf.compat.v1.Session(graph=self._graph,
-                              config=session_config) as session:
-      self._saver.restore(session, checkpoint)
-      session.run(self._iterator.initializer)
-      predictions, labels = [], []
-      while True:
-        try:
-          activations, batch_labels = session.run(
-              [self._activations, self._labels])
-        except tf.errors.OutOfRangeError:
-          break
-        predictions.append(np.argmax(activations, axis=-1))
-        labels.append(batch_labels)
-      step = session.run(self._global_step)
-    return int(step), np.concatenate(predictions), np.concatenate(labels)
-
-
-def _class_activations(config, images, xla):
-  """Class activations [N, classes], averaged over crops when images are
-  [N, crops, H, W, channels]."""
-  if images.shape.rank == 5:
-    crops = images.shape[1]
-    flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
-    _, activations = config.build(flat, xla)
-    return tf.reduce_mean(
-        tf.reshape(activations, [-1, crops, config.num_classes]), axis=1)
-  return config.build(images, xla)[1]
-
-
-def per_class_accuracy(predictions, labels, num_classes):
-  """Accuracy on the examples of each class [num_classes] (NaN if absent)."""
-  correct = np.bincount(labels[predictions == labels], minlength=num_classes)
-  total = np.bincount(labels, minlength=num_classes)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return correct / total
-
-
 def report(step, predictions, labels, num_classes, seconds, eval_dir,
            checkpoint, writer):
   """Logs, summarises and appends the result of one checkpoint."""
   accuracy = float(np.mean(predictions == labels))
-  per_class = per_class_accuracy(predictions, labels, num_classes)
+  per_class = evaluation.per_class_accuracy(predictions, labels,
+                                            num_classes)
   logging.info('step %d: test accuracy %.4f (error %.2f%%) on %d images in '
                '%.0f s', step, accuracy, 100 * (1 - accuracy), len(labels),
                seconds)
@@ -206,19 +143,21 @@ def main(argv):
     config = model.ModelConfig.load(FLAGS.train_dir)
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from e
-  dataset = datasets.get_dataset(FLAGS.dataset)
+  dataset_name = FLAGS.dataset or config.dataset
+  dataset = datasets.get_dataset(dataset_name)
   if dataset.NUM_CLASSES != config.num_classes:
     raise app.UsageError(
         f'{FLAGS.train_dir} has {config.num_classes} classes but '
-        f'--dataset={FLAGS.dataset} has {dataset.NUM_CLASSES}.')
-  options = ({} if FLAGS.dataset == 'mnist' else
+        f'--dataset={dataset_name} has {dataset.NUM_CLASSES}.')
+  options = ({} if dataset_name == 'mnist' else
              {'split': FLAGS.smallnorb_split, 'crops': FLAGS.smallnorb_crops})
   eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.train_dir, 'eval_test')
   os.makedirs(eval_dir, exist_ok=True)
   try:
-    evaluator = Evaluator(config, dataset,
-                          runtime.data_dir(FLAGS.data_dir, FLAGS.dataset),
-                          FLAGS.batch_size, options, FLAGS.xla)
+    evaluator = evaluation.Evaluator(config, dataset,
+                                     runtime.data_dir(FLAGS.data_dir,
+                                                      dataset_name),
+                                     FLAGS.batch_size, options, FLAGS.xla)
   except datasets.download.DataError as e:
     logging.error('%s', e)
     raise SystemExit(2) from e

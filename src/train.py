@@ -57,6 +57,8 @@ flags.DEFINE_float('min_variance', 1e-4, 'M-step variance floor (0 = off).')
 flags.DEFINE_bool('cost_standardization', True,
                   'Standardise the M-step cost over parent types.')
 flags.DEFINE_bool('log_space', True, 'E-step in log space.')
+flags.DEFINE_float('reconstruction_weight', 0.0,
+                   'Weight of the reconstruction loss (0 = no decoder).')
 # Optimisation.
 flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate.')
 flags.DEFINE_float('learning_rate_decay_rate', 1.0,
@@ -92,7 +94,11 @@ class NonFiniteLossError(RuntimeError):
 
 def _apply_experiment():
   """Sets the flags of --config that the command line did not give."""
-  for name, value in experiments.get(FLAGS.config).items():
+  try:
+    values = experiments.get(FLAGS.config)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  for name, value in values.items():
     if not FLAGS[name].present:
       FLAGS[name].value = value
 
@@ -122,12 +128,14 @@ def _validate_flags():
 
 def _model_config(num_classes):
   return model.ModelConfig(
-      num_classes=num_classes, iterations=FLAGS.iterations, a=FLAGS.A,
+      dataset=FLAGS.dataset, num_classes=num_classes,
+      iterations=FLAGS.iterations, a=FLAGS.A,
       b=FLAGS.B, c=FLAGS.C, d=FLAGS.D,
       inverse_temperature_schedule=FLAGS.inverse_temperature_schedule,
       final_lambda=FLAGS.final_lambda, min_variance=FLAGS.min_variance,
       cost_standardization=FLAGS.cost_standardization,
-      log_space=FLAGS.log_space)
+      log_space=FLAGS.log_space,
+      reconstruction_weight=FLAGS.reconstruction_weight)
 
 
 def _check_resumable(config):
@@ -188,11 +196,13 @@ class _ProgressHook(tf.compat.v1.train.SessionRunHook):
     steps, seconds = step - self._last[0], now - self._last[1]
     rate = steps * self._batch_size / seconds
     eta = (self._max_steps - step) * seconds / steps
+    reconstruction = (f"  reconstruction {values['reconstruction_loss']:.2f}"
+                      if 'reconstruction_loss' in values else '')
     logging.info(
-        'step %d  loss %.4f  margin %.3f  lr %.2e  |g| %.3f  train acc %.3f  '
-        '%.1f images/s  ETA %s', step, values['loss'], values['margin'],
+        'step %d  loss %.4f  margin %.3f  lr %.2e  |g| %.3f  train acc %.3f%s'
+        '  %.1f images/s  ETA %s', step, values['loss'], values['margin'],
         values['learning_rate'], values['gradient_norm'],
-        values['train_accuracy'], rate, _duration(eta))
+        values['train_accuracy'], reconstruction, rate, _duration(eta))
     self._last = (step, now)
 
 

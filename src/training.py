@@ -1,6 +1,6 @@
 """The training graph, shared by train.py and benchmark.py: spread loss with
-its margin schedule, optional weight decay, Adam with optional exponential
-learning-rate decay and gradient-norm clipping."""
+its margin schedule, optional reconstruction loss and weight decay, Adam with
+optional exponential learning-rate decay and gradient-norm clipping."""
 
 import dataclasses
 
@@ -40,7 +40,8 @@ def _weight_decay_loss(weight_decay):
   return weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in weights])
 
 
-def build(images, labels, model_config, train_config, xla=False):
+def build(images, labels, model_config, train_config, xla=False,
+          vote_moments=True):
   """Network, loss and train op on one batch.
 
   Args:
@@ -49,19 +50,29 @@ def build(images, labels, model_config, train_config, xla=False):
     model_config: a model.ModelConfig.
     train_config: a TrainConfig.
     xla: compile the routing with XLA.
+    vote_moments: first M-step of the ConvCaps layers without votes.
 
   Returns:
     dict of scalar tensors (loss, margin, learning_rate, gradient_norm,
-    train_accuracy, global_step), class activations [N, classes] under
+    train_accuracy, global_step, and reconstruction_loss when the model
+    reconstructs), class activations [N, classes] under
     'activations' and the train op under 'train_op'. Scalar summaries of
     the first five are added.
   """
   global_step = tf.compat.v1.train.get_or_create_global_step()
-  _, activations = model_config.build(images, xla)
+  poses, activations = model_config.build(images, xla, vote_moments)
   margin = schedules.margin(global_step, train_config.margin_schedule,
                             train_config.margin_start, train_config.margin_end,
                             train_config.margin_ramp_steps)
   loss = losses.spread_loss(labels, activations, margin)
+  scalars = {}
+  if model_config.reconstruction_weight > 0:
+    reconstructions = model_config.reconstruct(poses, labels,
+                                               images.shape[1:])
+    scalars['reconstruction_loss'] = losses.reconstruction_loss(
+        images, reconstructions)
+    loss += model_config.reconstruction_weight * scalars[
+        'reconstruction_loss']
   if train_config.weight_decay > 0:
     loss += _weight_decay_loss(train_config.weight_decay)
   rate = learning_rate(train_config, global_step)
@@ -75,8 +86,8 @@ def build(images, labels, model_config, train_config, xla=False):
   accuracy = tf.reduce_mean(tf.cast(
       tf.equal(tf.argmax(activations, -1, output_type=tf.int32), labels),
       tf.float32))
-  scalars = {'loss': loss, 'margin': margin, 'learning_rate': rate,
-             'gradient_norm': gradient_norm, 'train_accuracy': accuracy}
+  scalars.update(loss=loss, margin=margin, learning_rate=rate,
+                 gradient_norm=gradient_norm, train_accuracy=accuracy)
   for name, value in scalars.items():
     tf.compat.v1.summary.scalar(name, value)
   return dict(scalars, global_step=global_step, activations=activations,

@@ -28,14 +28,17 @@ class Routing:
   """How a capsule layer routes: Procedure 1 and its numerical stabilisers.
 
   The defaults compute the paper's Procedure 1 exactly (lambda = 1);
-  notes/em_routing.md explains each stabiliser. `xla` compiles the routing
-  and its gradient with XLA (notes/performance.md), which changes no result.
+  notes/em_routing.md explains each stabiliser. Two switches change the
+  speed, not the result (notes/performance.md): `xla` compiles the routing
+  and its gradient with XLA; `vote_moments` lets the first M-step of a
+  ConvCaps layer work from poses and transforms without the votes.
   """
   inverse_temperature: Union[float, Callable[[int], float]] = 1.0
   min_variance: float = 0.0
   cost_standardization: bool = False
   log_space: bool = False
   xla: bool = False
+  vote_moments: bool = True
 
 
 def _variable(name, shape, stddev):
@@ -130,6 +133,8 @@ def _route(votes, activations, num_types, iterations, routing, child_ids,
   scope = (tf.compat.v1.xla.experimental.jit_scope(
       compile_ops=True, separate_compiled_gradients=False)
            if options.pop('xla') else contextlib.nullcontext())
+  if not options.pop('vote_moments'):
+    vote_moments = None
   with scope:
     poses, out_activations, assignments = em.em_routing(
         votes, activations, beta_v, beta_a, iterations, child_ids=child_ids,

@@ -24,3 +24,17 @@ def spread_loss(labels, activations, margin):
   spread = tf.square(tf.nn.relu(margin - (a_t - activations)))  # [N, J]
   per_example = tf.reduce_sum(spread * (1.0 - target), axis=-1)
   return tf.reduce_mean(per_example)
+
+
+def reconstruction_loss(images, reconstructions):
+  """Sum of squared pixel errors per image, averaged over the batch.
+
+  Args:
+    images: [N, H, W, channels].
+    reconstructions: [N, H, W, channels].
+
+  Returns:
+    scalar loss.
+  """
+  squared_error = tf.math.squared_difference(images, reconstructions)
+  return tf.reduce_mean(tf.reduce_sum(squared_error, axis=[1, 2, 3]))

@@ -31,8 +31,10 @@ def margin(global_step, schedule, start=0.2, end=0.9, ramp_steps=10000):
   'linear':  from `start` to `end` over `ramp_steps`, then `end` (the paper:
              "starting from a small margin of 0.2 and linearly increasing it
              during training to 0.9").
-  'sigmoid': start + (end - start) * logistic(10 (step / ramp_steps - 0.5)),
-             a smooth ramp centred half-way through `ramp_steps`.
+  'sigmoid': start + (end - start) * logistic(min(10, step / ramp_steps - 4)),
+             the authors' schedule (google-research/capsule_em uses
+             start 0.2, end 0.99, ramp_steps 50000): the margin is half-way
+             at 4 * ramp_steps.
 
   Args:
     global_step: scalar integer tensor.
@@ -49,7 +51,7 @@ def margin(global_step, schedule, start=0.2, end=0.9, ramp_steps=10000):
   if schedule == 'linear':
     fraction = tf.minimum(progress, 1.0)
   elif schedule == 'sigmoid':
-    fraction = tf.sigmoid(10.0 * (progress - 0.5))
+    fraction = tf.sigmoid(tf.minimum(10.0, progress - 4.0))
   else:
     raise ValueError(f'unknown margin schedule {schedule!r}; choose one of '
                      f'{MARGIN_SCHEDULES}')

@@ -1,0 +1,57 @@
+"""Prints the trainable parameters of capsules_v0, layer by layer.
+
+  python src/count_params.py                            # the paper's network
+  python src/count_params.py --A=64 --B=8 --C=16 --D=16 # its small network
+"""
+
+import collections
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+import datasets
+import model
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_enum('dataset', 'mnist', sorted(datasets.DATASETS), 'Dataset.')
+flags.DEFINE_integer('A', 32, 'ReLU Conv1 channels.')
+flags.DEFINE_integer('B', 32, 'PrimaryCaps capsule types.')
+flags.DEFINE_integer('C', 32, 'ConvCaps1 capsule types.')
+flags.DEFINE_integer('D', 32, 'ConvCaps2 capsule types.')
+flags.DEFINE_float('reconstruction_weight', 0.0, '> 0 counts the decoder.')
+
+
+def count(config, image_shape):
+  """{layer scope: parameter count} of the network (and decoder)."""
+  with tf.Graph().as_default():
+    images = tf.compat.v1.placeholder(tf.float32, (None,) + image_shape)
+    poses, _ = config.build(images)
+    if config.reconstruction_weight > 0:
+      config.reconstruct(poses, tf.zeros([1], tf.int32), image_shape)
+    counts = collections.OrderedDict()
+    for variable in tf.compat.v1.trainable_variables():
+      scope = variable.op.name.rsplit('/', 1)[0]
+      counts[scope] = counts.get(scope, 0) + int(np.prod(variable.shape))
+  return counts
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  dataset = datasets.get_dataset(FLAGS.dataset)
+  config = model.ModelConfig(
+      dataset=FLAGS.dataset, num_classes=dataset.NUM_CLASSES, a=FLAGS.A,
+      b=FLAGS.B, c=FLAGS.C, d=FLAGS.D,
+      reconstruction_weight=FLAGS.reconstruction_weight)
+  counts = count(config, tuple(dataset.IMAGE_SHAPE))
+  for scope, n in counts.items():
+    print(f'{scope:45s} {n:>9,d}')
+  print(f'{"total":45s} {sum(counts.values()):>9,d}')
+
+
+if __name__ == '__main__':
+  tf.compat.v1.disable_eager_execution()
+  app.run(main)

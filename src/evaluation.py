@@ -1,0 +1,82 @@
+"""Evaluation of a checkpoint on every test example: the library behind
+tests.py."""
+
+import numpy as np
+import tensorflow as tf
+
+
+class Evaluator:
+  """The evaluation graph of one run, restored from one checkpoint at a time.
+
+  Attributes:
+    num_examples: test examples in one pass.
+    num_classes: classes.
+  """
+
+  def __init__(self, config, dataset, data_dir, batch_size, options,
+               xla=False):
+    """Builds the graph.
+
+    Args:
+      config: the run's model.ModelConfig.
+      dataset: a module of `datasets`.
+      data_dir: its directory.
+      batch_size: evaluation batch size.
+      options: keyword options of dataset.eval_input (smallNORB: split,
+        crops).
+      xla: compile the routing with XLA.
+    """
+    self.num_classes = config.num_classes
+    self._graph = tf.Graph()
+    with self._graph.as_default():
+      data, self.num_examples = dataset.eval_input(data_dir, batch_size,
+                                                   **options)
+      self._iterator = tf.compat.v1.data.make_initializable_iterator(data)
+      images, self._labels = self._iterator.get_next()
+      self._activations = _class_activations(config, images, xla)
+      self._global_step = tf.compat.v1.train.get_or_create_global_step()
+      self._saver = tf.compat.v1.train.Saver()
+    self._graph.finalize()
+
+  def evaluate(self, session_config, checkpoint):
+    """One pass over the test set.
+
+    Returns:
+      (global step, predictions int [num_examples], labels int
+      [num_examples]).
+    """
+    with tf.compat.v1.Session(graph=self._graph,
+                              config=session_config) as session:
+      self._saver.restore(session, checkpoint)
+      session.run(self._iterator.initializer)
+      predictions, labels = [], []
+      while True:
+        try:
+          activations, batch_labels = session.run(
+              [self._activations, self._labels])
+        except tf.errors.OutOfRangeError:
+          break
+        predictions.append(np.argmax(activations, axis=-1))
+        labels.append(batch_labels)
+      step = session.run(self._global_step)
+    return int(step), np.concatenate(predictions), np.concatenate(labels)
+
+
+def _class_activations(config, images, xla):
+  """Class activations [N, classes], averaged over crops when images are
+  [N, crops, H, W, channels]."""
+  if images.shape.rank == 5:
+    crops = images.shape[1]
+    flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
+    _, activations = config.build(flat, xla)
+    return tf.reduce_mean(
+        tf.reshape(activations, [-1, crops, config.num_classes]), axis=1)
+  return config.build(images, xla)[1]
+
+
+def per_class_accuracy(predictions, labels, num_classes):
+  """Accuracy on the examples of each class [num_classes] (NaN if absent)."""
+  correct = np.bincount(labels[predictions == labels], minlength=num_classes)
+  total = np.bincount(labels, minlength=num_classes)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return correct / total

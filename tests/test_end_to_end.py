@@ -1,0 +1,166 @@
+"""train.py and tests.py as a user runs them, on the real MNIST files.
+
+A tiny network (A = 8, B = C = D = 4) keeps each step fast; the module
+trains it once, to step 4 and then resumed to step 7.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from datasets import mnist
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TINY = ['--A=8', '--B=4', '--C=4', '--D=4', '--batch_size=8',
+        '--log_every_n_steps=1', '--save_summaries_steps=2',
+        '--save_checkpoint_steps=3', '--xla=false', '--gpu=0']
+
+
+def _mnist_dir():
+  """The directory of the real MNIST files, or skip."""
+  data_dir = os.environ.get('CAPSULES_MNIST_DIR', str(REPO / 'data' / 'mnist'))
+  if not all(os.path.exists(os.path.join(data_dir, name))
+             for name in mnist.FILE_MD5):
+    pytest.skip(f'real MNIST files not found in {data_dir}')
+  return os.path.abspath(data_dir)
+
+
+def _run(script, *args, timeout=120):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run([sys.executable, os.path.join('src', script), *args],
+                        cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, env=env, check=False)
+
+
+def _succeeded(result):
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _failed(result, *messages):
+  """Asserts a non-zero exit whose output names every one of `messages`."""
+  assert result.returncode != 0, result.stderr[-3000:]
+  output = result.stdout + result.stderr
+  assert 'Traceback' not in output, output[-3000:]
+  for message in messages:
+    assert message in output, output[-3000:]
+
+
+def _lines(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope='module')
+def data_dir():
+  return _mnist_dir()
+
+
+@pytest.fixture(scope='module')
+def run(data_dir, tmp_path_factory):
+  """A run trained to step 4, then resumed to step 7: (train_dir, first
+  result, resumed result)."""
+  train_dir = str(tmp_path_factory.mktemp('run') / 'train')
+  args = ['--train_dir=' + train_dir, '--data_dir=' + data_dir] + TINY
+  first = _succeeded(_run('train.py', '--max_steps=4', *args))
+  resumed = _succeeded(_run('train.py', '--max_steps=7', *args))
+  return train_dir, first, resumed
+
+
+def test_train_and_resume(run):
+  train_dir, first, resumed = run
+  assert 'Training from step 0 to 4' in first.stderr
+  assert 'Training from step 4 to 7' in resumed.stderr
+  for step in (4, 7):
+    assert os.path.exists(os.path.join(train_dir, f'model.ckpt-{step}.index'))
+  with open(os.path.join(train_dir, 'checkpoint')) as f:
+    assert f.readline().rstrip().endswith('/model.ckpt-7"')
+  assert [start['step'] for start in _lines(
+      os.path.join(train_dir, 'starts.jsonl'))] == [0, 4]
+  with open(os.path.join(train_dir, 'model_config.json')) as f:
+    config = json.load(f)
+  assert (config['a'], config['b'], config['c'], config['d']) == (8, 4, 4, 4)
+  assert config['num_classes'] == 10
+
+
+def test_evaluate_once(run, data_dir):
+  train_dir = run[0]
+  result = _succeeded(_run(
+      'tests.py', '--train_dir=' + train_dir, '--data_dir=' + data_dir,
+      '--once', '--gpu=0', '--xla=false', '--batch_size=500'))
+  assert 'on 10000 test images' in result.stdout
+  records = _lines(os.path.join(train_dir, 'eval_test', 'results.jsonl'))
+  assert len(records) == 1
+  record = records[0]
+  assert record['step'] == 7
+  assert record['checkpoint'] == 'model.ckpt-7'
+  assert record['images_evaluated'] == 10000
+  assert 0.0 <= record['accuracy'] <= 1.0
+  assert len(record['per_class_accuracy']) == 10
+  assert all(0.0 <= v <= 1.0 for v in record['per_class_accuracy'])
+  assert f'step 7: accuracy {record["accuracy"]:.4f}' in result.stdout
+
+
+def test_resume_with_a_different_model_fails(run, data_dir):
+  train_dir = run[0]
+  before = pathlib.Path(train_dir, 'model_config.json').read_text()
+  result = _run('train.py', '--max_steps=8', '--train_dir=' + train_dir,
+                '--data_dir=' + data_dir, *TINY, '--A=16')
+  _failed(result, 'different model')
+  assert pathlib.Path(train_dir, 'model_config.json').read_text() == before
+  assert len(_lines(os.path.join(train_dir, 'starts.jsonl'))) == 2
+  assert not os.path.exists(os.path.join(train_dir, 'model.ckpt-8.index'))
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--batch_size=0', '--batch_size must be >= 1'),
+    ('--iterations=0', '--iterations must be >= 1'),
+    ('--data_dir={tmp}/nonexistent', 'is not a directory'),
+    ('--gpu=abc', '--gpu must be comma-separated GPU indices'),
+])
+def test_train_rejects_bad_flags(flag, message, tmp_path):
+  train_dir = tmp_path / 'train'
+  result = _run('train.py', '--train_dir=' + str(train_dir),
+                flag.format(tmp=tmp_path))
+  _failed(result, message)
+  assert not train_dir.exists()
+
+
+def test_evaluate_empty_directory_fails(tmp_path):
+  result = _run('tests.py', '--train_dir=' + str(tmp_path), '--once',
+                '--gpu=0')
+  _failed(result, 'no run of train.py')
+  assert not (tmp_path / 'eval_test' / 'results.jsonl').exists()
+
+
+def test_evaluate_missing_directory_fails(tmp_path):
+  missing = tmp_path / 'missing'
+  result = _run('tests.py', '--train_dir=' + str(missing), '--once',
+                '--gpu=0')
+  _failed(result, str(missing), 'does not exist')
+  assert not missing.exists()
+
+
+def test_evaluate_with_corrupt_data_fails(run, data_dir, tmp_path):
+  """A truncated test-labels file is named, and nothing is downloaded."""
+  corrupt_dir = tmp_path / 'mnist'
+  corrupt_dir.mkdir()
+  for name in mnist.FILE_MD5:
+    if name != mnist.TEST_LABELS:
+      os.symlink(os.path.join(data_dir, name), corrupt_dir / name)
+  corrupt = corrupt_dir / mnist.TEST_LABELS
+  shutil.copyfile(os.path.join(data_dir, mnist.TEST_LABELS), corrupt)
+  with open(corrupt, 'r+b') as f:
+    f.truncate(100)
+  eval_dir = tmp_path / 'eval'
+  result = _run('tests.py', '--train_dir=' + run[0],
+                '--data_dir=' + str(corrupt_dir), '--eval_dir=' + str(eval_dir),
+                '--once', '--gpu=0', '--xla=false', timeout=60)
+  _failed(result, str(corrupt))
+  assert corrupt.stat().st_size == 100
+  assert not (eval_dir / 'results.jsonl').exists()

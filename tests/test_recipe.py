@@ -1,0 +1,128 @@
+"""The paper's recipe: reconstruction decoder, named experiments, and a
+smallNORB run (training steps and multi-crop evaluation) on tiny files."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import evaluation
+import experiments
+import model
+import training
+from datasets import smallnorb
+from nets import decoder
+from nets import losses
+from test_smallnorb import _split_arrays
+from test_smallnorb import _write_split
+
+REPO = __import__('conftest').REPO
+
+
+def test_decoder_uses_only_the_chosen_capsule():
+  rng = np.random.default_rng(0)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    poses = tf.constant(rng.normal(size=(3, 5, 4, 4)), tf.float32)
+    classes = tf.constant([0, 4, 2])
+    images = decoder.reconstruct(poses, classes, (6, 7, 2))
+    gradient = tf.gradients(tf.reduce_sum(images), poses)[0]
+    session.run(tf.compat.v1.global_variables_initializer())
+    images, gradient = session.run([images, gradient])
+  assert images.shape == (3, 6, 7, 2)
+  nonzero = np.abs(gradient).sum(axis=(2, 3)) > 0  # [N, J]
+  np.testing.assert_array_equal(nonzero, np.eye(5, dtype=bool)[[0, 4, 2]])
+
+
+def test_reconstruction_loss_is_batch_mean_of_summed_squares():
+  images = np.zeros((2, 2, 2, 1), np.float32)
+  reconstructions = np.zeros_like(images)
+  reconstructions[0, 0, 0, 0] = 3.0  # example 0: 9
+  reconstructions[1] = 1.0  # example 1: 4
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    loss = session.run(losses.reconstruction_loss(
+        tf.constant(images), tf.constant(reconstructions)))
+  assert loss == pytest.approx((9 + 4) / 2)
+
+
+def test_experiments_name_only_train_flags():
+  helptext = subprocess.run(
+      [sys.executable, 'src/train.py', '--helpfull'], cwd=REPO,
+      capture_output=True, text=True, timeout=120, check=False).stdout
+  for name, values in experiments.EXPERIMENTS.items():
+    for flag in values:
+      assert f'--{flag}:' in helptext or f'--[no]{flag}:' in helptext, (
+          name, flag)
+  assert experiments.get('R1I2')['reconstruction_weight'] > 0
+  assert experiments.get('R0I3')['iterations'] == 3
+  with pytest.raises(ValueError, match='R0I2'):
+    experiments.get('R9I9')
+
+
+@pytest.fixture
+def tiny_norb(tmp_path, monkeypatch):
+  data_dir = tmp_path / 'smallnorb'
+  data_dir.mkdir()
+  table = {}
+  for split in ('train', 'test'):
+    table.update(_write_split(data_dir, split, _split_arrays(split), False))
+  monkeypatch.setattr(smallnorb, 'EXPECTED', table)
+  return str(data_dir)
+
+
+def test_smallnorb_trains_with_reconstruction_and_evaluates_crops(
+    tiny_norb, tmp_path):
+  config = model.ModelConfig(dataset='smallnorb', num_classes=5,
+                             iterations=2, a=8, b=4, c=4, d=4,
+                             reconstruction_weight=0.0005)
+  with tf.Graph().as_default():
+    data = smallnorb.train_input(tiny_norb, 4, seed=1)
+    images, labels = tf.compat.v1.data.make_one_shot_iterator(
+        data).get_next()
+    graph = training.build(images, labels, config, training.TrainConfig())
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      for _ in range(3):
+        values = session.run({'train_op': graph['train_op'],
+                              'loss': graph['loss'],
+                              'reconstruction': graph['reconstruction_loss']})
+        assert np.isfinite(values['loss'])
+        assert values['reconstruction'] > 0
+      checkpoint = saver.save(session, str(tmp_path / 'model.ckpt'),
+                              global_step=graph['global_step'])
+  evaluator = evaluation.Evaluator(config, smallnorb, tiny_norb, 6,
+                                   {'split': 'full', 'crops': 3})
+  step, predictions, labels = evaluator.evaluate(None, checkpoint)
+  assert step == 3
+  assert len(predictions) == evaluator.num_examples == len(labels)
+  assert set(np.unique(predictions)) <= set(range(5))
+  np.testing.assert_array_equal(labels, _split_arrays('test')['cat'])
+
+
+def test_about_half_the_capsules_start_active():
+  """The initialisation the paper's recipe asks for: routing starts with
+  activations spread around 0.5, neither all off nor all on."""
+  config = model.ModelConfig(iterations=2)
+  rng = np.random.default_rng(0)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    images = tf.constant(rng.uniform(size=(4, 28, 28, 1)), tf.float32)
+    config.build(images)
+    names = ['capsules_v0/conv_caps1/activations',
+             'capsules_v0/conv_caps2/activations',
+             'capsules_v0/class_caps/activations']
+    graph = tf.compat.v1.get_default_graph()
+    tensors = [_summarised(graph, name) for name in names]
+    session.run(tf.compat.v1.global_variables_initializer())
+    for name, value in zip(names, session.run(tensors)):
+      active = np.mean(value > 0.5)
+      assert 0.25 < active < 0.75, (name, active)
+
+
+def _summarised(graph, scope):
+  """The tensor a histogram summary named `scope` records."""
+  for op in graph.get_operations():
+    if op.type == 'HistogramSummary' and op.name.startswith(scope):
+      return op.inputs[1]
+  raise KeyError(scope)
