@@ -3,13 +3,15 @@
   python src/tests.py --train_dir=runs/mnist          # follow the run
   python src/tests.py --train_dir=runs/mnist --once   # latest checkpoint
 
-Waits for each new checkpoint in --train_dir, evaluates it on every test
+Evaluates the checkpoints already kept in --train_dir that it has not
+evaluated before, then waits for each new one; evaluates each on every test
 example, logs accuracy and per-class accuracy, writes them to TensorBoard
 (<eval_dir>) and appends one JSON line per checkpoint to
 <eval_dir>/results.jsonl. Stops after --timeout_secs without a new checkpoint.
 The network is rebuilt from <train_dir>/model_config.json.
 """
 
+import itertools
 import json
 import os
 import time
@@ -106,15 +108,18 @@ def _step_of(checkpoint):
 
 
 def _checkpoints():
-  """The checkpoints to evaluate: the latest, or every new one in turn."""
+  """The checkpoints to evaluate: with --once the latest; else every one
+  kept in train_dir, oldest first, then each new one as it appears."""
   if FLAGS.once:
     latest = tf.train.latest_checkpoint(FLAGS.train_dir)
     if latest is None:
       raise app.UsageError(f'no checkpoint in {FLAGS.train_dir}; run '
                            'train.py first, or point --train_dir at a run.')
     return [latest]
-  return tf.compat.v1.train.checkpoints_iterator(
-      FLAGS.train_dir, FLAGS.min_interval_secs, timeout=FLAGS.timeout_secs)
+  state = tf.train.get_checkpoint_state(FLAGS.train_dir)
+  kept = list(state.all_model_checkpoint_paths) if state else []
+  return itertools.chain(kept, tf.compat.v1.train.checkpoints_iterator(
+      FLAGS.train_dir, FLAGS.min_interval_secs, timeout=FLAGS.timeout_secs))
 
 
 def _validate_flags():

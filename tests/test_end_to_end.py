@@ -164,3 +164,24 @@ def test_evaluate_with_corrupt_data_fails(run, data_dir, tmp_path):
   _failed(result, str(corrupt))
   assert corrupt.stat().st_size == 100
   assert not (eval_dir / 'results.jsonl').exists()
+
+
+def test_follow_evaluates_every_kept_checkpoint_then_times_out(run, data_dir,
+                                                                tmp_path):
+  """Without --once the loop catches up on the checkpoints already kept,
+  oldest first, then stops after --timeout_secs with no new one."""
+  eval_dir = tmp_path / 'eval'
+  args = ['--train_dir=' + run[0], '--data_dir=' + data_dir,
+          '--eval_dir=' + str(eval_dir), '--gpu=0', '--xla=false',
+          '--batch_size=1000', '--timeout_secs=0', '--min_interval_secs=1']
+  result = _succeeded(_run('tests.py', *args))
+  assert 'No new checkpoint' in result.stderr
+  kept = sorted(int(path.name.split('-')[1].split('.')[0])
+                for path in pathlib.Path(run[0]).glob('model.ckpt-*.index'))
+  assert kept == [0, 3, 4, 7]  # the resumed run saves at its start, 4
+  records = _lines(eval_dir / 'results.jsonl')
+  assert [r['step'] for r in records] == kept
+  assert all(r['images_evaluated'] == 10000 for r in records)
+  again = _succeeded(_run('tests.py', *args))
+  assert len(_lines(eval_dir / 'results.jsonl')) == len(kept)
+  assert 'already evaluated' in again.stderr
