@@ -20,7 +20,7 @@ from nets import routing as em
 from nets import receptive_fields
 from nets import votes as votes_lib
 
-POSE_SIZE = 4
+POSE_SIZE = votes_lib.POSE_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +48,6 @@ def _variable(name, shape, stddev):
   else:
     initializer = tf.compat.v1.zeros_initializer()
   return tf.compat.v1.get_variable(name, shape, tf.float32, initializer)
-
-
-def _fan_in_stddev(fan_in):
-  return math.sqrt(1.0 / fan_in)
 
 
 def conv2d(inputs, shape, strides, padding='VALID', activation_fn=tf.nn.relu,
@@ -116,7 +112,7 @@ def capsules_init(inputs, shape, strides, padding='VALID',
 def _transform_variable(shape):
   """Transformation matrices W, initialised so that a vote has the scale of a
   pose: each vote entry sums 4 products, so W entries have variance 1/4."""
-  return _variable('transforms', shape, _fan_in_stddev(POSE_SIZE))
+  return _variable('transforms', shape, math.sqrt(1.0 / POSE_SIZE))
 
 
 def _beta(num_types):
@@ -164,12 +160,16 @@ def capsules_conv(inputs, shape, strides, iterations, routing=Routing(),
     poses [N, OH, OW, C, 4, 4] and activations [N, OH, OW, C].
   """
   poses, activations = inputs
-  kernel_size, _, num_in, num_out = shape
+  kernel_size, kernel_width, num_in, num_out = shape
+  stride = strides[1]
+  if kernel_width != kernel_size or strides[2] != stride:
+    raise ValueError(f'capsules_conv needs a square kernel and equal strides, '
+                     f'got shape {shape} and strides {strides}')
   height, width = poses.shape[1], poses.shape[2]
-  out_height = receptive_fields.output_size(height, kernel_size, strides[1])
-  out_width = receptive_fields.output_size(width, kernel_size, strides[2])
+  out_height = receptive_fields.output_size(height, kernel_size, stride)
+  out_width = receptive_fields.output_size(width, kernel_size, stride)
   indices = receptive_fields.patch_indices(height, width, kernel_size,
-                                           strides[1])  # [P, K*K]
+                                           stride)  # [P, K*K]
   num_slots = kernel_size * kernel_size * num_in
   with tf.compat.v1.variable_scope(name):
     transforms = _transform_variable([num_slots, num_out, POSE_SIZE, POSE_SIZE])

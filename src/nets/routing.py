@@ -130,9 +130,10 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
   if vote_moments is None:
     poses = tf.math.divide_no_nan(
         _weighted_child_sum(assignments, votes), mass)
-    variances = tf.math.divide_no_nan(_weighted_child_sum(
-        assignments, tf.math.squared_difference(votes, poses[..., None, :])),
-                                      mass)
+    squared_deviations = tf.math.squared_difference(votes,
+                                                    poses[..., None, :])
+    variances = tf.math.divide_no_nan(
+        _weighted_child_sum(assignments, squared_deviations), mass)
   else:
     first, second = vote_moments(assignments[:, :, 0, :])
     poses = tf.math.divide_no_nan(first, mass)
