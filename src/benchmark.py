@@ -34,10 +34,7 @@ flags.DEFINE_list('configs', ['1x24', '2x24', '3x24', '1x96', '3x64'],
                   'Configurations ITERATIONSxBATCH_SIZE to measure.')
 flags.DEFINE_integer('steps', 10, 'Timed steps per configuration.')
 flags.DEFINE_integer('warmup', 3, 'Untimed steps first (XLA compiles here).')
-flags.DEFINE_integer('A', 32, 'ReLU Conv1 channels.')
-flags.DEFINE_integer('B', 32, 'PrimaryCaps capsule types.')
-flags.DEFINE_integer('C', 32, 'ConvCaps1 capsule types.')
-flags.DEFINE_integer('D', 32, 'ConvCaps2 capsule types.')
+runtime.define_network_flags()
 flags.DEFINE_bool('xla', True, 'Compile the routing with XLA.')
 flags.DEFINE_bool('vote_moments', True, 'First M-step of the ConvCaps '
                   'layers from poses and transforms, without votes.')

@@ -13,14 +13,12 @@ import tensorflow as tf
 
 import datasets
 import model
+import runtime
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_enum('dataset', 'mnist', sorted(datasets.DATASETS), 'Dataset.')
-flags.DEFINE_integer('A', 32, 'ReLU Conv1 channels.')
-flags.DEFINE_integer('B', 32, 'PrimaryCaps capsule types.')
-flags.DEFINE_integer('C', 32, 'ConvCaps1 capsule types.')
-flags.DEFINE_integer('D', 32, 'ConvCaps2 capsule types.')
+runtime.define_network_flags()
 flags.DEFINE_float('reconstruction_weight', 0.0, '> 0 counts the decoder.')
 
 

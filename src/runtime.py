@@ -4,6 +4,7 @@ threads, and where the data lives."""
 import os
 import re
 
+from absl import flags
 import tensorflow as tf
 
 from tensorflow.core.protobuf import rewriter_config_pb2
@@ -41,6 +42,14 @@ def session_config(gpu, intra_op_threads=0, inter_op_threads=0,
     config.graph_options.rewrite_options.memory_optimization = (
         rewriter_config_pb2.RewriterConfig.NO_MEM_OPT)
   return config
+
+
+def define_network_flags():
+  """Defines --A, --B, --C, --D: the sizes of capsules_v0's four layers."""
+  flags.DEFINE_integer('A', 32, 'ReLU Conv1 channels.')
+  flags.DEFINE_integer('B', 32, 'PrimaryCaps capsule types.')
+  flags.DEFINE_integer('C', 32, 'ConvCaps1 capsule types.')
+  flags.DEFINE_integer('D', 32, 'ConvCaps2 capsule types.')
 
 
 def data_dir(flag_value, dataset):

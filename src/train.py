@@ -45,10 +45,7 @@ flags.DEFINE_enum('smallnorb_split', 'full', ['full', 'azimuth', 'elevation'],
                   'smallNORB viewpoint split.')
 # Model.
 flags.DEFINE_integer('iterations', 1, 'EM routing iterations.')
-flags.DEFINE_integer('A', 32, 'ReLU Conv1 channels.')
-flags.DEFINE_integer('B', 32, 'PrimaryCaps capsule types.')
-flags.DEFINE_integer('C', 32, 'ConvCaps1 capsule types.')
-flags.DEFINE_integer('D', 32, 'ConvCaps2 capsule types.')
+runtime.define_network_flags()
 flags.DEFINE_enum('inverse_temperature_schedule', 'constant',
                   list(schedules.INVERSE_TEMPERATURE_SCHEDULES),
                   'Inverse temperature lambda over routing iterations.')

@@ -12,6 +12,7 @@ import tensorflow as tf
 import datasets
 from datasets import download
 from datasets import mnist
+import graph_util
 
 _REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -68,31 +69,6 @@ def tiny(tmp_path, monkeypatch):
   monkeypatch.setattr(mnist, 'FILE_MD5', _write_tiny_mnist(data_dir, arrays))
   monkeypatch.setattr(download, 'BACKOFF_SECONDS', 0.0)
   return str(data_dir), arrays
-
-
-def _run_graph(build, num_batches=None):
-  """Builds a dataset in a fresh graph and reads it as the trainer does.
-
-  Args:
-    build: callable returning a tf.data.Dataset (called inside the graph).
-    num_batches: int, batches to read, or None to read until the end.
-
-  Returns:
-    (list of numpy batches, the static output shapes).
-  """
-  with tf.Graph().as_default():
-    dataset = build()
-    iterator = tf.compat.v1.data.make_one_shot_iterator(dataset)
-    next_batch = iterator.get_next()
-    shapes = [t.shape.as_list() for t in tf.nest.flatten(next_batch)]
-    batches = []
-    with tf.compat.v1.Session() as session:
-      while num_batches is None or len(batches) < num_batches:
-        try:
-          batches.append(session.run(next_batch))
-        except tf.errors.OutOfRangeError:
-          break
-  return batches, shapes
 
 
 def test_parse_idx_reads_images_and_labels(tmp_path):
@@ -221,7 +197,7 @@ def test_load_rejects_count_mismatch(tmp_path, monkeypatch):
 
 def test_train_input_shapes_and_scaling(tiny):
   data_dir, arrays = tiny
-  batches, shapes = _run_graph(
+  batches, shapes = graph_util.read_dataset(
       lambda: mnist.train_input(data_dir, 4, seed=1), num_batches=6)
   assert shapes == [[4, 28, 28, 1], [4]]
   known = {arrays[0][i].tobytes(): arrays[1][i] for i in range(10)}
@@ -237,7 +213,7 @@ def test_train_input_reshuffles_and_is_reproducible(tiny):
   data_dir, _ = tiny
 
   def first_epochs(seed):
-    batches, _ = _run_graph(
+    batches, _ = graph_util.read_dataset(
         lambda: mnist.train_input(data_dir, 5, seed=seed), num_batches=4)
     return [images.tobytes() for images, _ in batches]
 
@@ -254,7 +230,7 @@ def _shift(image, rows, cols):
 
 def test_train_input_translates_by_at_most_two_pixels(tiny):
   data_dir, arrays = tiny
-  batches, shapes = _run_graph(
+  batches, shapes = graph_util.read_dataset(
       lambda: mnist.train_input(data_dir, 8, seed=3, augment=True),
       num_batches=4)
   assert shapes == [[8, 28, 28, 1], [8]]
@@ -276,7 +252,7 @@ def test_eval_input_keeps_partial_last_batch(tiny):
   data_dir, arrays = tiny
   with tf.Graph().as_default():
     assert mnist.eval_input(data_dir, 3)[1] == 7
-  batches, shapes = _run_graph(lambda: mnist.eval_input(data_dir, 3)[0])
+  batches, shapes = graph_util.read_dataset(lambda: mnist.eval_input(data_dir, 3)[0])
   assert shapes == [[None, 28, 28, 1], [None]]
   assert [len(labels) for _, labels in batches] == [3, 3, 1]
   images = np.concatenate([images for images, _ in batches])
@@ -317,7 +293,7 @@ def test_real_files_counts_and_types(real_test_set):
 
 def test_real_eval_input_covers_test_set_once(real_test_set):
   data_dir, (_, test_labels) = real_test_set
-  batches, shapes = _run_graph(lambda: mnist.eval_input(data_dir, 24)[0])
+  batches, shapes = graph_util.read_dataset(lambda: mnist.eval_input(data_dir, 24)[0])
   assert shapes == [[None, 28, 28, 1], [None]]
   sizes = [len(labels) for _, labels in batches]
   assert len(sizes) == 417 and sizes[-1] == 16 and sum(sizes) == 10000

@@ -13,6 +13,7 @@ import tensorflow as tf
 import datasets
 from datasets import download
 from datasets import smallnorb
+import graph_util
 
 _MAGIC = {
     np.dtype('uint8'): 0x1E3D4C55,
@@ -112,26 +113,6 @@ def _viewpoint_mask(info, split_name, viewpoint_split):
   else:
     seen = info[:, 1] < 3
   return seen if split_name == 'train' else ~seen
-
-
-def _run_graph(build, num_batches=None):
-  """Reads a dataset built in a fresh graph as the trainer does.
-
-  Returns:
-    (list of numpy batches, static shapes of the batch components).
-  """
-  with tf.Graph().as_default():
-    iterator = tf.compat.v1.data.make_one_shot_iterator(build())
-    next_batch = iterator.get_next()
-    shapes = [t.shape.as_list() for t in tf.nest.flatten(next_batch)]
-    batches = []
-    with tf.compat.v1.Session() as session:
-      while num_batches is None or len(batches) < num_batches:
-        try:
-          batches.append(session.run(next_batch))
-        except tf.errors.OutOfRangeError:
-          break
-  return batches, shapes
 
 
 def test_constants():
@@ -397,7 +378,7 @@ def test_normalize_gives_zero_mean_unit_variance_per_image():
 
 def test_train_input_crops_and_jitters_within_documented_ranges(norb):
   data_dir, arrays = norb
-  batches, shapes = _run_graph(
+  batches, shapes = graph_util.read_dataset(
       lambda: smallnorb.train_input(data_dir, 8, seed=5), num_batches=3)
   assert shapes == [[8, 32, 32, 2], [8]]
   reference = _standardised(_downsampled(arrays['train']['dat']))
@@ -438,7 +419,7 @@ def test_train_input_is_reproducible_with_a_seed(norb):
   data_dir, _ = norb
 
   def first_batches(seed):
-    batches, _ = _run_graph(
+    batches, _ = graph_util.read_dataset(
         lambda: smallnorb.train_input(data_dir, 4, seed=seed), num_batches=2)
     return [images for images, _ in batches]
 
@@ -451,7 +432,7 @@ def test_eval_input_covers_every_example_once_with_partial_tail(norb):
   data_dir, arrays = norb
   with tf.Graph().as_default():
     assert smallnorb.eval_input(data_dir, 6)[1] == _NUM_EXAMPLES
-  batches, shapes = _run_graph(lambda: smallnorb.eval_input(data_dir, 6)[0])
+  batches, shapes = graph_util.read_dataset(lambda: smallnorb.eval_input(data_dir, 6)[0])
   assert shapes == [[None, 32, 32, 2], [None]]
   assert [len(labels) for _, labels in batches] == [6, 6, 6, 2]
   labels = np.concatenate([labels for _, labels in batches])
@@ -465,7 +446,7 @@ def test_eval_input_covers_every_example_once_with_partial_tail(norb):
 def test_eval_input_with_several_crops(norb):
   data_dir, arrays = norb
   crops = len(smallnorb.CROP_OFFSETS)
-  batches, shapes = _run_graph(
+  batches, shapes = graph_util.read_dataset(
       lambda: smallnorb.eval_input(data_dir, 8, crops=crops)[0])
   assert shapes == [[None, crops, 32, 32, 2], [None]]
   images = np.concatenate([images for images, _ in batches])
@@ -485,7 +466,7 @@ def test_eval_input_on_a_viewpoint_split(norb):
   with tf.Graph().as_default():
     _, num_examples = smallnorb.eval_input(data_dir, 4, split='elevation')
   assert num_examples == mask.sum()
-  batches, _ = _run_graph(
+  batches, _ = graph_util.read_dataset(
       lambda: smallnorb.eval_input(data_dir, 4, split='elevation')[0])
   labels = np.concatenate([labels for _, labels in batches])
   np.testing.assert_array_equal(labels, arrays['test']['cat'][mask])
