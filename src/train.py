@@ -163,11 +163,13 @@ def build_training_graph(dataset, config):
   return training.build(images, labels, config, _train_config(), FLAGS.xla)
 
 
-class _ProgressHook(tf.compat.v1.train.SessionRunHook):
+class ProgressHook(tf.compat.v1.train.SessionRunHook):
   """Stops on a non-finite loss; logs progress every N steps."""
 
-  def __init__(self, fetches, every_n_steps, batch_size, max_steps):
+  def __init__(self, fetches, every_n_steps, batch_size, max_steps,
+               train_dir):
     self._fetches = fetches
+    self._train_dir = train_dir
     self._every_n_steps = every_n_steps
     self._batch_size = batch_size
     self._max_steps = max_steps
@@ -182,7 +184,7 @@ class _ProgressHook(tf.compat.v1.train.SessionRunHook):
     if not math.isfinite(values['loss']):
       raise NonFiniteLossError(
           f'loss is {values["loss"]} at step {step}. The last checkpoint in '
-          f'{FLAGS.train_dir} is intact; lower --learning_rate, set '
+          f'{self._train_dir} is intact; lower --learning_rate, set '
           '--clip_gradient_norm or raise --min_variance and resume.')
     now = time.time()
     if self._last is None:
@@ -227,8 +229,8 @@ def train(config, dataset):
     saver = tf.compat.v1.train.Saver(max_to_keep=FLAGS.keep_checkpoint_max)
     hooks = [
         tf.compat.v1.train.StopAtStepHook(last_step=FLAGS.max_steps),
-        _ProgressHook(fetches, FLAGS.log_every_n_steps, FLAGS.batch_size,
-                      FLAGS.max_steps),
+        ProgressHook(fetches, FLAGS.log_every_n_steps, FLAGS.batch_size,
+                     FLAGS.max_steps, FLAGS.train_dir),
         tf.compat.v1.train.CheckpointSaverHook(
             FLAGS.train_dir, save_steps=FLAGS.save_checkpoint_steps,
             saver=saver, save_graph_def=False),
