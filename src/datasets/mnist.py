@@ -6,7 +6,8 @@ checked against its published MD5 sum before use.
 
 Images enter the network as float32 in [0, 1] with shape [28, 28, 1]. The
 optional training augmentation translates each image by up to
-`MAX_TRANSLATION` pixels in each direction (zero padding), as in the paper.
+`MAX_TRANSLATION` pixels in each direction (zero padding), as Sabour et al.
+(2017) do for MNIST; it is off by default.
 """
 
 import functools
