@@ -14,6 +14,7 @@ milliseconds per step and the process's peak resident memory.
 """
 
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def measure(iterations, batch_size):
       session.run(tf.compat.v1.global_variables_initializer())
       _time(session, graph['train_op'], FLAGS.warmup)
       train_seconds = _time(session, graph['train_op'], FLAGS.steps)
+      final_loss = float(session.run(graph['loss']))
       _time(session, graph['activations'], FLAGS.warmup)
       infer_seconds = _time(session, graph['activations'], FLAGS.steps)
   return {
@@ -95,6 +97,7 @@ def measure(iterations, batch_size):
       'train_images_per_s': round(batch_size / train_seconds, 1),
       'inference_images_per_s': round(batch_size / infer_seconds, 1),
       'train_ms_per_step': round(1000 * train_seconds, 1),
+      'final_loss': round(final_loss, 6),
       'peak_rss_mb': round(
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
       'steps': FLAGS.steps,
@@ -113,7 +116,10 @@ def main(argv):
   if FLAGS.steps < 1 or FLAGS.warmup < 0:
     raise app.UsageError('need --steps >= 1 and --warmup >= 0')
   if FLAGS.run_one:
-    print(json.dumps(measure(*_parse(FLAGS.run_one))), flush=True)
+    record = measure(*_parse(FLAGS.run_one))
+    print(json.dumps(record), flush=True)
+    if not math.isfinite(record['final_loss']):
+      raise SystemExit(f'{FLAGS.run_one}: the loss is not finite')
     return
   configs = [_parse(c) for c in FLAGS.configs]
   passed = [a for a in sys.argv[1:]

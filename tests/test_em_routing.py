@@ -1,5 +1,6 @@
 """EM routing against the numpy Procedure 1, and its numerical guarantees."""
 
+import contextlib
 import functools
 
 import numpy as np
@@ -164,13 +165,33 @@ def test_stabilised_routing_finite_on_extreme_votes(kind, iterations):
   assert np.all((values[1] >= 0) & (values[1] <= 1))
 
 
-def test_zero_activations_give_finite_outputs():
-  votes = np.random.default_rng(4).normal(size=(1, 1, 3, 5, 16))
-  poses, a_out, _ = _run(votes.astype(np.float32),
-                         np.zeros((1, 1, 5), np.float32),
-                         np.zeros(3, np.float32), np.zeros(3, np.float32), 2,
-                         **STABILISED)
-  assert np.all(np.isfinite(poses)) and np.all(np.isfinite(a_out))
+@pytest.mark.parametrize('xla', [False, True])
+@pytest.mark.parametrize('iterations', [1, 2])
+@pytest.mark.parametrize('inactive', [0.0, 1e-30])
+def test_parents_without_mass_give_finite_outputs_and_gradients(
+    inactive, iterations, xla):
+  """Every child (almost) inactive at one parent position: its parents get
+  (almost) no mass and equal costs, whose spread over the types is zero
+  or underflows. Standardising those costs must stay finite, forward and
+  backward; their activations are then logistic(lambda beta_a) = 0.5."""
+  rng = np.random.default_rng(4)
+  activations = rng.uniform(0.1, 1.0, (2, 3, 5)).astype(np.float32)
+  activations[:, 1] = inactive * rng.uniform(0.5, 1.0, (2, 5))
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    votes = tf.constant(rng.normal(size=(2, 3, 4, 5, 16)), tf.float32)
+    activations_t = tf.constant(activations)
+    beta_v, beta_a = tf.zeros([4]), tf.zeros([4])
+    scope = (tf.compat.v1.xla.experimental.jit_scope(
+        separate_compiled_gradients=False) if xla else contextlib.nullcontext())
+    with scope:
+      poses, a_out, _ = em.em_routing(votes, activations_t, beta_v, beta_a,
+                                      iterations, **STABILISED)
+    grads = tf.gradients(tf.reduce_sum(poses) + tf.reduce_sum(a_out * a_out),
+                         [votes, activations_t, beta_v, beta_a])
+    values = session.run([poses, a_out] + grads)
+  for value in values:
+    assert np.all(np.isfinite(value))
+  np.testing.assert_allclose(values[1][:, 1], 0.5, atol=1e-3)
 
 
 def test_rejects_zero_iterations():

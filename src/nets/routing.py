@@ -46,7 +46,11 @@ import math
 import numpy as np
 import tensorflow as tf
 
-_COST_EPSILON = 1e-8
+# Floor on the variance of the costs over parent types, in squared cost units
+# (nats times mass): where every parent type at a position receives almost no
+# mass, the costs stay near 0, as in the paper, instead of standardising
+# rounding noise into O(1) values with huge gradients.
+_COST_VARIANCE_FLOOR = 1.0
 
 
 def _as_schedule(inverse_temperature):
@@ -146,7 +150,7 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
   cost = tf.reduce_sum(cost, axis=-1)  # sum_h cost^h [N, P, C]
   if cost_standardization:
     mean, variance = tf.nn.moments(cost, axes=[-1], keepdims=True)
-    cost = (cost - mean) / (tf.sqrt(variance) + _COST_EPSILON)
+    cost = (cost - mean) * tf.math.rsqrt(variance + _COST_VARIANCE_FLOOR)
   logits = inverse_temperature * (beta_a - cost)  # a_j = logistic(logits)
   return poses, variances, logits
 
