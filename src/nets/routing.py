@@ -46,11 +46,11 @@ import math
 import numpy as np
 import tensorflow as tf
 
-# Floor on the variance of the costs over parent types, in squared cost units
-# (nats times mass): where every parent type at a position receives almost no
-# mass, the costs stay near 0, as in the paper, instead of standardising
-# rounding noise into O(1) values with huge gradients.
-_COST_VARIANCE_FLOOR = 1.0
+# Floor on the variance of the costs over parent types (a standard deviation
+# of 0.01 in cost units, far below real spreads): where every parent type at
+# a position receives almost no mass, rounding noise in the costs is not
+# standardised into O(1) values with huge, Inf or NaN gradients.
+_COST_VARIANCE_FLOOR = 1e-4
 
 
 def _as_schedule(inverse_temperature):
