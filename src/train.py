@@ -101,6 +101,7 @@ def _apply_experiment():
 
 
 def _validate_flags():
+  """Checks the flags; returns the session config they describe."""
   for name in ('batch_size', 'iterations', 'max_steps', 'log_every_n_steps',
                'save_summaries_steps', 'save_checkpoint_steps',
                'margin_ramp_steps', 'learning_rate_decay_steps',
@@ -118,7 +119,8 @@ def _validate_flags():
   if FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
     raise app.UsageError(f'--data_dir {FLAGS.data_dir} is not a directory')
   try:
-    runtime.session_config(FLAGS.gpu)
+    return runtime.session_config(FLAGS.gpu, FLAGS.intra_op_threads,
+                                  FLAGS.inter_op_threads)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
 
@@ -218,7 +220,7 @@ def _record_start(step):
                         'argv': sys.argv}) + '\n')
 
 
-def train(config, dataset):
+def train(config, dataset, session_config):
   """Runs the training loop until --max_steps."""
   with tf.Graph().as_default():
     if FLAGS.seed is not None:
@@ -235,8 +237,6 @@ def train(config, dataset):
             FLAGS.train_dir, save_steps=FLAGS.save_checkpoint_steps,
             saver=saver, save_graph_def=False),
     ]
-    session_config = runtime.session_config(
-        FLAGS.gpu, FLAGS.intra_op_threads, FLAGS.inter_op_threads)
     with tf.compat.v1.train.MonitoredTrainingSession(
         checkpoint_dir=FLAGS.train_dir, hooks=hooks,
         scaffold=tf.compat.v1.train.Scaffold(saver=saver),
@@ -256,7 +256,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   _apply_experiment()
-  _validate_flags()
+  session_config = _validate_flags()
   dataset = datasets.get_dataset(FLAGS.dataset)
   config = _model_config(dataset.NUM_CLASSES)
   os.makedirs(FLAGS.train_dir, exist_ok=True)
@@ -264,7 +264,7 @@ def main(argv):
   config.save(FLAGS.train_dir)
   logging.info('Model: %s', config)
   try:
-    train(config, dataset)
+    train(config, dataset, session_config)
   except NonFiniteLossError as e:
     logging.error('Stopped: %s', e)
     raise SystemExit(1) from e
