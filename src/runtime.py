@@ -4,6 +4,7 @@ threads, and where the data lives."""
 import os
 import re
 
+from absl import app
 from absl import flags
 import tensorflow as tf
 
@@ -42,6 +43,29 @@ def session_config(gpu, intra_op_threads=0, inter_op_threads=0,
     config.graph_options.rewrite_options.memory_optimization = (
         rewriter_config_pb2.RewriterConfig.NO_MEM_OPT)
   return config
+
+
+def checked_session_config(values):
+  """Checks the flags that train.py and tests.py share and returns the
+  session config they describe.
+
+  Args:
+    values: the parsed flags, with data_dir, gpu, intra_op_threads and
+      inter_op_threads.
+
+  Returns:
+    tf.compat.v1.ConfigProto.
+
+  Raises:
+    app.UsageError: --data_dir is not a directory, or --gpu is malformed.
+  """
+  if values.data_dir and not os.path.isdir(values.data_dir):
+    raise app.UsageError(f'--data_dir {values.data_dir} is not a directory')
+  try:
+    return session_config(values.gpu, values.intra_op_threads,
+                          values.inter_op_threads)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
 
 
 def define_network_flags():

@@ -131,13 +131,7 @@ def _validate_flags():
   if not os.path.isdir(FLAGS.train_dir):
     raise app.UsageError(f'--train_dir {FLAGS.train_dir} does not exist; '
                          'start train.py with the same --train_dir first.')
-  if FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
-    raise app.UsageError(f'--data_dir {FLAGS.data_dir} is not a directory')
-  try:
-    return runtime.session_config(FLAGS.gpu, FLAGS.intra_op_threads,
-                                  FLAGS.inter_op_threads)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+  return runtime.checked_session_config(FLAGS)
 
 
 def main(argv):

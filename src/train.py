@@ -116,13 +116,7 @@ def _validate_flags():
       raise app.UsageError(f'--{name} must be >= 0, got {FLAGS[name].value}')
   if not 0 <= FLAGS.margin_start <= FLAGS.margin_end:
     raise app.UsageError('need 0 <= --margin_start <= --margin_end')
-  if FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
-    raise app.UsageError(f'--data_dir {FLAGS.data_dir} is not a directory')
-  try:
-    return runtime.session_config(FLAGS.gpu, FLAGS.intra_op_threads,
-                                  FLAGS.inter_op_threads)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+  return runtime.checked_session_config(FLAGS)
 
 
 def _model_config(num_classes):

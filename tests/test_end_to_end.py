@@ -131,6 +131,20 @@ def test_train_rejects_bad_flags(flag, message, tmp_path):
   assert not train_dir.exists()
 
 
+@pytest.mark.parametrize('flag,message', [
+    ('--batch_size=0', '--batch_size must be >= 1'),
+    ('--smallnorb_crops=0', '--smallnorb_crops must be >= 1'),
+    ('--data_dir={tmp}/nonexistent', 'is not a directory'),
+    ('--gpu=1;2', '--gpu must be comma-separated GPU indices'),
+])
+def test_evaluate_rejects_bad_flags(flag, message, run, tmp_path):
+  eval_dir = tmp_path / 'eval'
+  result = _run('tests.py', '--train_dir=' + run[0], '--once',
+                '--eval_dir=' + str(eval_dir), flag.format(tmp=tmp_path))
+  _failed(result, message)
+  assert not eval_dir.exists()
+
+
 def test_evaluate_empty_directory_fails(tmp_path):
   result = _run('tests.py', '--train_dir=' + str(tmp_path), '--once',
                 '--gpu=0')
