@@ -80,3 +80,32 @@ def per_class_accuracy(predictions, labels, num_classes):
   total = np.bincount(labels, minlength=num_classes)
   with np.errstate(invalid='ignore', divide='ignore'):
     return correct / total
+
+
+def pose_spread(poses, labels):
+  """How the pose of a capsule varies over the examples of its class.
+
+  Args:
+    poses: [N, 16], the pose of each example's own class capsule.
+    labels: int [N].
+
+  Returns:
+    mean |mu^h| [16] over all examples, and the standard deviation of mu^h
+    over the examples of each class, averaged over the classes present [16].
+  """
+  classes = np.unique(labels)
+  spread = np.mean([poses[labels == k].std(axis=0) for k in classes], axis=0)
+  return np.abs(poses).mean(axis=0), spread
+
+
+def class_means(images, labels):
+  """Each example's class mean image [N, ...]: the best guess of the pixels
+  from the label alone, in summed squared error."""
+  means = {k: images[labels == k].mean(axis=0) for k in np.unique(labels)}
+  return np.stack([means[k] for k in labels])
+
+
+def squared_error(images, reconstructions):
+  """Summed squared pixel error per image, averaged over the images."""
+  return float(np.mean(np.sum(np.square(images - reconstructions),
+                              axis=tuple(range(1, images.ndim)))))

@@ -7,6 +7,7 @@ trains it once, to step 4 and then resumed to step 7.
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -143,6 +144,52 @@ def test_evaluate_rejects_bad_flags(flag, message, run, tmp_path):
                 '--eval_dir=' + str(eval_dir), flag.format(tmp=tmp_path))
   _failed(result, message)
   assert not eval_dir.exists()
+
+
+def _pose_table(output):
+  """{row name: 16 values} of pose_stats.py's table."""
+  rows = {}
+  for line in output.splitlines():
+    for name in ('mean |mu^h|', 'within-class sd'):
+      if line.startswith(name):
+        rows[name] = [float(v) for v in line[len(name):].split()]
+  return rows
+
+
+def test_pose_stats(run, data_dir):
+  result = _succeeded(_run(
+      'pose_stats.py', '--train_dir=' + run[0], '--data_dir=' + data_dir,
+      '--gpu=0', '--num_images=30', '--batch_size=20', '--step=4'))
+  assert 'model.ckpt-4: true-class poses of 30 test images' in result.stdout
+  rows = _pose_table(result.stdout)
+  assert len(rows['mean |mu^h|']) == len(rows['within-class sd']) == 16
+  assert all(v > 0 for v in rows['mean |mu^h|'])
+  assert 'reconstruction error' not in result.stdout
+
+
+def test_pose_stats_compares_the_decoder_with_class_means(data_dir,
+                                                          tmp_path):
+  train_dir = str(tmp_path / 'train')
+  _succeeded(_run('train.py', '--max_steps=1', '--train_dir=' + train_dir,
+                  '--data_dir=' + data_dir, '--reconstruction_weight=0.0005',
+                  *TINY))
+  result = _succeeded(_run(
+      'pose_stats.py', '--train_dir=' + train_dir, '--data_dir=' + data_dir,
+      '--gpu=0', '--num_images=50'))
+  assert 'model.ckpt-1: true-class poses of 50 test images' in result.stdout
+  errors = re.search(r'decoder ([\d.]+), class-mean image ([\d.]+)',
+                     result.stdout)
+  decoder, class_mean = float(errors[1]), float(errors[2])
+  assert decoder > class_mean > 0  # one step cannot beat the class means
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--step=5', 'no checkpoint of step 5'),
+    ('--num_images=0', '--num_images must be >= 1'),
+])
+def test_pose_stats_rejects_bad_flags(flag, message, run):
+  _failed(_run('pose_stats.py', '--train_dir=' + run[0], '--gpu=0', flag),
+          message)
 
 
 def test_evaluate_empty_directory_fails(tmp_path):

@@ -1,0 +1,114 @@
+"""How much the class capsules' poses vary, and what the decoder makes of it.
+
+  python src/pose_stats.py --train_dir=runs/mnist_R1I2 --gpu=0
+
+Restores a checkpoint of a run (the latest, or --step) and passes the first
+--num_images test images through the network. For the capsule of each
+image's true class it prints, per pose entry mu^h, the mean magnitude and
+the standard deviation across the images of that class (averaged over
+classes): a pose that hardly varies within a class carries no
+instantiation parameters for a decoder to use. When the run trains the
+reconstruction decoder, it prints the decoder's summed squared pixel error
+beside the error of the best input-blind guess, each class's mean image.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+import datasets
+import evaluation
+import model
+import runtime
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('train_dir', 'runs/default', 'Directory of the run.')
+flags.DEFINE_integer('step', None, 'Checkpoint step; default the latest.')
+flags.DEFINE_integer('num_images', 1000, 'First test images to use.')
+flags.DEFINE_integer('batch_size', 100, 'Images per forward pass.')
+flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
+                    'data/<dataset>.')
+flags.DEFINE_string('gpu', '1', 'GPUs to use (visible_device_list).')
+flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
+flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
+
+
+def _checkpoint():
+  """The checkpoint path of --step, or the latest; a clear error if absent."""
+  if FLAGS.step is None:
+    path = tf.train.latest_checkpoint(FLAGS.train_dir)
+  else:
+    path = os.path.join(FLAGS.train_dir, f'model.ckpt-{FLAGS.step}')
+    if not os.path.exists(path + '.index'):
+      raise app.UsageError(f'no checkpoint of step {FLAGS.step} in '
+                           f'{FLAGS.train_dir}')
+  if path is None:
+    raise app.UsageError(f'no checkpoint in {FLAGS.train_dir}')
+  return path
+
+
+def _run_network(config, session_config, checkpoint):
+  """Images [N, H, W, C], labels [N], true-class poses [N, 16] and
+  reconstructions [N, H, W, C] (None without a decoder) of the first
+  N = --num_images test images, in batches of --batch_size."""
+  dataset = datasets.get_dataset(config.dataset)
+  with tf.Graph().as_default():
+    data, _ = dataset.eval_input(
+        runtime.data_dir(FLAGS.data_dir, config.dataset), FLAGS.batch_size)
+    images, labels = tf.compat.v1.data.make_one_shot_iterator(data).get_next()
+    poses, _ = config.build(images)
+    fetches = {'images': images, 'labels': labels,
+               'poses': tf.reshape(tf.gather(poses, labels, batch_dims=1),
+                                   [-1, 16])}
+    if config.reconstruction_weight > 0:
+      fetches['reconstructions'] = config.reconstruct(poses, labels,
+                                                      images.shape[1:])
+    tf.compat.v1.train.get_or_create_global_step()
+    saver = tf.compat.v1.train.Saver()
+    batches = []
+    with tf.compat.v1.Session(config=session_config) as session:
+      saver.restore(session, checkpoint)
+      while sum(len(b['labels']) for b in batches) < FLAGS.num_images:
+        try:
+          batches.append(session.run(fetches))
+        except tf.errors.OutOfRangeError:
+          break
+  values = {k: np.concatenate([b[k] for b in batches])[:FLAGS.num_images]
+            for k in fetches}
+  return (values['images'], values['labels'], values['poses'],
+          values.get('reconstructions'))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  for name in ('num_images', 'batch_size'):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f'--{name} must be >= 1, got {FLAGS[name].value}')
+  session_config = runtime.checked_session_config(FLAGS)
+  try:
+    config = model.ModelConfig.load(FLAGS.train_dir)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from e
+  checkpoint = _checkpoint()
+  images, labels, poses, reconstructions = _run_network(
+      config, session_config, checkpoint)
+  magnitude, spread = evaluation.pose_spread(poses, labels)
+  print(f'{checkpoint}: true-class poses of {len(labels)} test images')
+  print('entry h        ' + ' '.join(f'{h:>6d}' for h in range(16)))
+  print('mean |mu^h|    ' + ' '.join(f'{v:6.3f}' for v in magnitude))
+  print('within-class sd' + ' '.join(f'{v:6.3f}' for v in spread))
+  if reconstructions is not None:
+    print(f'reconstruction error (summed squares per image): decoder '
+          f'{evaluation.squared_error(images, reconstructions):.2f}, '
+          f'class-mean image '
+          f'{evaluation.squared_error(images, evaluation.class_means(images, labels)):.2f}')
+
+
+if __name__ == '__main__':
+  tf.compat.v1.disable_eager_execution()
+  app.run(main)
