@@ -69,14 +69,15 @@ def _run_network(config, session_config, checkpoint):
                                                       images.shape[1:])
     tf.compat.v1.train.get_or_create_global_step()
     saver = tf.compat.v1.train.Saver()
-    batches = []
+    batches, seen = [], 0
     with tf.compat.v1.Session(config=session_config) as session:
       saver.restore(session, checkpoint)
-      while sum(len(b['labels']) for b in batches) < FLAGS.num_images:
+      while seen < FLAGS.num_images:
         try:
           batches.append(session.run(fetches))
         except tf.errors.OutOfRangeError:
           break
+        seen += len(batches[-1]['labels'])
   values = {k: np.concatenate([b[k] for b in batches])[:FLAGS.num_images]
             for k in fetches}
   return (values['images'], values['labels'], values['poses'],
@@ -103,10 +104,11 @@ def main(argv):
   print('mean |mu^h|    ' + ' '.join(f'{v:6.3f}' for v in magnitude))
   print('within-class sd' + ' '.join(f'{v:6.3f}' for v in spread))
   if reconstructions is not None:
-    print(f'reconstruction error (summed squares per image): decoder '
-          f'{evaluation.squared_error(images, reconstructions):.2f}, '
-          f'class-mean image '
-          f'{evaluation.squared_error(images, evaluation.class_means(images, labels)):.2f}')
+    decoder = evaluation.squared_error(images, reconstructions)
+    class_mean = evaluation.squared_error(
+        images, evaluation.class_means(images, labels))
+    print('reconstruction error (summed squares per image): decoder '
+          f'{decoder:.2f}, class-mean image {class_mean:.2f}')
 
 
 if __name__ == '__main__':
