@@ -41,13 +41,13 @@ def _checkpoint():
   """The checkpoint path of --step, or the latest; a clear error if absent."""
   if FLAGS.step is None:
     path = tf.train.latest_checkpoint(FLAGS.train_dir)
-  else:
-    path = os.path.join(FLAGS.train_dir, f'model.ckpt-{FLAGS.step}')
-    if not os.path.exists(path + '.index'):
-      raise app.UsageError(f'no checkpoint of step {FLAGS.step} in '
-                           f'{FLAGS.train_dir}')
-  if path is None:
-    raise app.UsageError(f'no checkpoint in {FLAGS.train_dir}')
+    if path is None:
+      raise app.UsageError(f'no checkpoint in {FLAGS.train_dir}')
+    return path
+  path = os.path.join(FLAGS.train_dir, f'model.ckpt-{FLAGS.step}')
+  if not os.path.exists(path + '.index'):
+    raise app.UsageError(f'no checkpoint of step {FLAGS.step} in '
+                         f'{FLAGS.train_dir}')
   return path
 
 
