@@ -65,29 +65,32 @@ class ModelConfig:
       raise ValueError(f'min_variance must be >= 0, got {self.min_variance}')
     schedules.inverse_temperature(self.inverse_temperature_schedule, 1.0)
 
-  def routing(self, xla=False, vote_moments=True):
+  def routing(self, xla=False, vote_moments=True, fused_votes=True):
     return layers.Routing(
         inverse_temperature=schedules.inverse_temperature(
             self.inverse_temperature_schedule, self.final_lambda),
         min_variance=self.min_variance,
         cost_standardization=self.cost_standardization,
-        log_space=self.log_space, xla=xla, vote_moments=vote_moments)
+        log_space=self.log_space, xla=xla, vote_moments=vote_moments,
+        fused_votes=fused_votes)
 
-  def build(self, images, xla=False, vote_moments=True):
+  def build(self, images, xla=False, vote_moments=True, fused_votes=True):
     """The network on images [N, H, W, channels].
 
     Args:
       images: [N, H, W, channels].
       xla: compile the routing with XLA.
       vote_moments: first M-step of the ConvCaps layers without votes.
-      Both change the speed, not the results (notes/performance.md).
+      fused_votes: later M- and E-steps of the ConvCaps layers with votes
+        recomputed in CPU kernels, never stored (nets/fused_votes.py).
+      These change the speed, not the maths (notes/performance.md).
 
     Returns:
       poses [N, num_classes, 4, 4] and activations [N, num_classes].
     """
     return capsules.capsules_v0(
         images, self.num_classes, self.iterations,
-        self.routing(xla, vote_moments),
+        self.routing(xla, vote_moments, fused_votes),
         a=self.a, b=self.b, c=self.c, d=self.d,
         coordinate_addition=self.coordinate_addition)
 

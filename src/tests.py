@@ -51,7 +51,7 @@ flags.DEFINE_integer('min_interval_secs', 10,
                      'Poll the train_dir at most this often.')
 flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
 flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
-flags.DEFINE_bool('xla', True, 'Compile the routing with XLA.')
+flags.DEFINE_bool('xla', False, 'Compile the routing with XLA.')
 
 RESULTS_FILE = 'results.jsonl'
 

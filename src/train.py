@@ -78,8 +78,13 @@ flags.DEFINE_integer('save_checkpoint_steps', 1000,
 flags.DEFINE_integer('keep_checkpoint_max', 20, 'Checkpoints to keep.')
 flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
 flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
-flags.DEFINE_bool('xla', True, 'Compile the routing with XLA (same results, '
-                  'faster on the CPU).')
+flags.DEFINE_bool('xla', False, 'Compile the routing with XLA (same '
+                  'results; faster with --nofused_votes, slower and 130 MB '
+                  'more with the fused kernels: notes/performance.md).')
+flags.DEFINE_bool('fused_votes', True, 'Route the ConvCaps layers with votes '
+                  'recomputed in CPU kernels, never stored (faster, far less '
+                  'memory; ignored where the kernels cannot be compiled or a '
+                  'GPU is present).')
 
 
 STARTS_FILE = 'starts.jsonl'
@@ -156,7 +161,8 @@ def build_training_graph(dataset, config):
   data = dataset.train_input(runtime.data_dir(FLAGS.data_dir, FLAGS.dataset),
                              FLAGS.batch_size, seed=FLAGS.seed, **options)
   images, labels = tf.compat.v1.data.make_one_shot_iterator(data).get_next()
-  return training.build(images, labels, config, _train_config(), FLAGS.xla)
+  return training.build(images, labels, config, _train_config(), FLAGS.xla,
+                        fused_votes=FLAGS.fused_votes)
 
 
 class ProgressHook(tf.compat.v1.train.SessionRunHook):

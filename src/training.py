@@ -41,7 +41,7 @@ def _weight_decay_loss(weight_decay):
 
 
 def build(images, labels, model_config, train_config, xla=False,
-          vote_moments=True):
+          vote_moments=True, fused_votes=True, network=None):
   """Network, loss and train op on one batch.
 
   Args:
@@ -51,6 +51,10 @@ def build(images, labels, model_config, train_config, xla=False,
     train_config: a TrainConfig.
     xla: compile the routing with XLA.
     vote_moments: first M-step of the ConvCaps layers without votes.
+    fused_votes: the routing of the ConvCaps layers with votes recomputed
+      in CPU kernels, never stored.
+    network: None, or a function images -> (poses, activations) that
+      replaces model_config.build (benchmark.py's naive reference).
 
   Returns:
     dict of scalar tensors (loss, margin, learning_rate, gradient_norm,
@@ -60,7 +64,11 @@ def build(images, labels, model_config, train_config, xla=False,
     the first five are added.
   """
   global_step = tf.compat.v1.train.get_or_create_global_step()
-  poses, activations = model_config.build(images, xla, vote_moments)
+  if network is None:
+    poses, activations = model_config.build(images, xla, vote_moments,
+                                             fused_votes)
+  else:
+    poses, activations = network(images)
   margin = schedules.margin(global_step, train_config.margin_schedule,
                             train_config.margin_start, train_config.margin_end,
                             train_config.margin_ramp_steps)

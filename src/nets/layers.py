@@ -16,6 +16,7 @@ from typing import Callable, Union
 
 import tensorflow as tf
 
+from nets import fused_votes
 from nets import routing as em
 from nets import receptive_fields
 from nets import votes as votes_lib
@@ -28,10 +29,13 @@ class Routing:
   """How a capsule layer routes: Procedure 1 and its numerical stabilisers.
 
   The defaults compute the paper's Procedure 1 exactly (lambda = 1);
-  notes/em_routing.md explains each stabiliser. Two switches change the
-  speed, not the result (notes/performance.md): `xla` compiles the routing
-  and its gradient with XLA; `vote_moments` lets the first M-step of a
-  ConvCaps layer work from poses and transforms without the votes.
+  notes/em_routing.md explains each stabiliser. Three switches change the
+  speed, not the maths (notes/performance.md): `fused_votes` lets every M-
+  and E-step of a ConvCaps layer recompute the votes in CPU kernels instead
+  of storing them (nets/fused_votes.py); where the kernels are unavailable
+  (no compiler, or a GPU), the votes are stored, and `vote_moments` lets the
+  first M-step work from poses and transforms without them; `xla` compiles
+  the routing and its gradient with XLA.
   """
   inverse_temperature: Union[float, Callable[[int], float]] = 1.0
   min_variance: float = 0.0
@@ -39,6 +43,7 @@ class Routing:
   log_space: bool = False
   xla: bool = False
   vote_moments: bool = True
+  fused_votes: bool = True
 
 
 def _variable(name, shape, stddev):
@@ -131,6 +136,7 @@ def _route(votes, activations, num_types, iterations, routing, child_ids,
            if options.pop('xla') else contextlib.nullcontext())
   if not options.pop('vote_moments'):
     vote_moments = None
+  del options['fused_votes']
   with scope:
     poses, out_activations, assignments = em.em_routing(
         votes, activations, beta_v, beta_a, iterations, child_ids=child_ids,
@@ -184,10 +190,16 @@ def capsules_conv(inputs, shape, strides, iterations, routing=Routing(),
         tf.gather(flat_activations, indices, axis=1),
         [-1, indices.shape[0], num_slots])
     child_ids = receptive_fields.child_ids(indices, num_in)
+    if routing.fused_votes and fused_votes.available():
+      votes = fused_votes.FusedVotes(patch_poses, transforms)
+      vote_moments = None
+    else:
+      votes = votes_lib.compute_votes(patch_poses, transforms)
+      vote_moments = functools.partial(votes_lib.vote_moments, patch_poses,
+                                       transforms)
     out_poses, out_activations = _route(
-        votes_lib.compute_votes(patch_poses, transforms), patch_activations,
-        num_out, iterations, routing, child_ids,
-        functools.partial(votes_lib.vote_moments, patch_poses, transforms))
+        votes, patch_activations, num_out, iterations, routing, child_ids,
+        vote_moments)
     return (tf.reshape(out_poses, [-1, out_height, out_width, num_out,
                                    POSE_SIZE, POSE_SIZE]),
             tf.reshape(out_activations, [-1, out_height, out_width, num_out]))

@@ -104,8 +104,9 @@ def initial_assignments(activations, num_parent_types, child_ids=None):
     slots = slots_per_child[child_ids].astype(np.float32)
   uniform = np.broadcast_to(1.0 / (num_parent_types * slots[:, None, :]),
                             (slots.shape[0], num_parent_types, slots.shape[1]))
-  ones = tf.ones_like(activations)[:, :, None, :]  # [N, P, 1, I]
-  return ones * tf.constant(uniform, activations.dtype)
+  batch = tf.shape(activations)[:1]
+  return tf.broadcast_to(tf.constant(uniform, activations.dtype),
+                         tf.concat([batch, uniform.shape], axis=0))
 
 
 def m_step(assignments, activations, votes, beta_v, beta_a,
@@ -116,7 +117,8 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
   Args:
     assignments: R_ij [N, P, C, I].
     activations: a_i [N, P, I].
-    votes: V_ij^h [N, P, C, I, H].
+    votes: V_ij^h [N, P, C, I, H], or a fused_votes.FusedVotes that gives
+      the moments below without stored votes.
     beta_v, beta_a: [C], learned per parent type.
     inverse_temperature: lambda, a float or scalar tensor.
     min_variance: variance floor added to (sigma_j^h)^2.
@@ -129,21 +131,27 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
     poses mu_j^h [N, P, C, H], variances (sigma_j^h)^2 [N, P, C, H] and
     activation logits lambda (beta_a - sum_h cost_j^h) [N, P, C].
   """
-  assignments = assignments * activations[:, :, None, :]  # R_ij <- R_ij a_i
-  mass = tf.reduce_sum(assignments, axis=-1)[..., None]  # sum_i R_ij
-  if vote_moments is None:
-    poses = tf.math.divide_no_nan(
-        _weighted_child_sum(assignments, votes), mass)
-    squared_deviations = tf.math.squared_difference(votes,
-                                                    poses[..., None, :])
-    variances = tf.math.divide_no_nan(
-        _weighted_child_sum(assignments, squared_deviations), mass)
-  else:
-    first, second = vote_moments(assignments[:, :, 0, :])
+  weighted = assignments * activations[:, :, None, :]  # R_ij <- R_ij a_i
+  mass = tf.reduce_sum(weighted, axis=-1)[..., None]  # sum_i R_ij
+  if vote_moments is not None:
+    # First M-step: sum_i R_ij V_ij^h and sum_i R_ij (V_ij^h)^2 as matrix
+    # products of poses and transforms, R_ij being the same for every j.
+    first, second = vote_moments(weighted[:, :, 0, :])
     poses = tf.math.divide_no_nan(first, mass)
     # E[V^2] - mu^2 >= 0 up to rounding, which the floor at zero removes.
     variances = tf.nn.relu(tf.math.divide_no_nan(second, mass) -
                            tf.square(poses))
+  elif isinstance(votes, tf.Tensor):
+    poses = tf.math.divide_no_nan(_weighted_child_sum(weighted, votes), mass)
+    squared_deviations = tf.math.squared_difference(votes,
+                                                    poses[..., None, :])
+    variances = tf.math.divide_no_nan(
+        _weighted_child_sum(weighted, squared_deviations), mass)
+  else:
+    # The same two sums, the votes recomputed in the kernel (fused_votes).
+    first, squared_deviations = votes.moments(assignments, activations)
+    poses = tf.math.divide_no_nan(first, mass)
+    variances = tf.math.divide_no_nan(squared_deviations, mass)
   variances += min_variance
   # cost^h = (beta_v + log sigma^h) sum_i R_ij, with log sigma = log(sigma^2)/2.
   cost = (beta_v[:, None] + 0.5 * tf.math.log(variances)) * mass
@@ -162,7 +170,7 @@ def log_gaussian_density(votes, poses, variances):
             - sum_h log(sigma_j^h) - (H / 2) log(2 pi).
 
   Args:
-    votes: V_ij^h [N, P, C, I, H].
+    votes: V_ij^h [N, P, C, I, H], or a fused_votes.FusedVotes.
     poses: mu_j^h [N, P, C, H].
     variances: (sigma_j^h)^2 [N, P, C, H].
 
@@ -170,8 +178,12 @@ def log_gaussian_density(votes, poses, variances):
     [N, P, C, I].
   """
   num_components = variances.shape[-1]
-  squared_deviations = tf.math.squared_difference(votes, poses[..., None, :])
-  exponent = _component_sum(squared_deviations, 0.5 / variances)
+  if isinstance(votes, tf.Tensor):
+    squared_deviations = tf.math.squared_difference(votes,
+                                                    poses[..., None, :])
+    exponent = _component_sum(squared_deviations, 0.5 / variances)
+  else:
+    exponent = votes.quadratic_form(poses, 0.5 / variances)
   log_normaliser = (0.5 * tf.reduce_sum(tf.math.log(variances), axis=-1) +
                     0.5 * num_components * math.log(2.0 * math.pi))
   return -exponent - log_normaliser[..., None]
@@ -194,16 +206,28 @@ def _sum_over_parents(values, child_ids, reduce_fn):
 
 
 def _normalize_log_space(log_numerators, child_ids):
-  """R_ij = exp(x_ij) / sum_k exp(x_ik) over all parents k of child i."""
+  """R_ij = exp(x_ij) / sum_k exp(x_ik) over all parents k of child i.
+
+  The gradient, dx_ij = R_ij (dR_ij - sum_k R_ik dR_ik), is written out so
+  that only R is kept for it, not the exponentials as well.
+  """
   if child_ids is None:
     return tf.nn.softmax(log_numerators, axis=2)
-  shift = tf.stop_gradient(_sum_over_parents(
-      tf.reduce_max(log_numerators, axis=2), child_ids,
-      tf.math.unsorted_segment_max))  # [N, P, I]
-  numerators = tf.exp(log_numerators - shift[:, :, None, :])
-  return numerators / _sum_over_parents(
-      tf.reduce_sum(numerators, axis=2), child_ids,
-      tf.math.unsorted_segment_sum)[:, :, None, :]
+
+  def over_parents(values):  # [N, P, C, I] -> sum over every parent, per slot
+    return _sum_over_parents(tf.reduce_sum(values, axis=2), child_ids,
+                             tf.math.unsorted_segment_sum)[:, :, None, :]
+
+  @tf.custom_gradient
+  def normalize(x):
+    shift = _sum_over_parents(tf.reduce_max(x, axis=2), child_ids,
+                              tf.math.unsorted_segment_max)  # [N, P, I]
+    numerators = tf.exp(x - shift[:, :, None, :])
+    assignments = numerators / over_parents(numerators)
+    return assignments, lambda d: assignments * (
+        d - over_parents(assignments * d))
+
+  return normalize(log_numerators)
 
 
 def _normalize(numerators, child_ids):
@@ -222,7 +246,7 @@ def e_step(votes, poses, variances, logits, child_ids=None, log_space=False):
   R_ij = a_j p_j / sum_k a_k p_k
 
   Args:
-    votes: V_ij^h [N, P, C, I, H].
+    votes: V_ij^h [N, P, C, I, H], or a fused_votes.FusedVotes.
     poses: mu_j^h [N, P, C, H].
     variances: (sigma_j^h)^2 [N, P, C, H].
     logits: activation logits, a_j = logistic(logits) [N, P, C].
@@ -247,7 +271,8 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
   """Procedure 1: routes votes to parents by EM.
 
   Args:
-    votes: V_ij^h [N, P, C, I, H].
+    votes: V_ij^h [N, P, C, I, H], or a fused_votes.FusedVotes, which
+      recomputes the votes where they are used and never stores them.
     activations: input activations a_i [N, P, I].
     beta_v, beta_a: [C], learned per parent type.
     iterations: number of EM iterations, >= 1.
