@@ -97,18 +97,20 @@ def _random_inputs(rng, n, p, i, c):
 
 
 def _fused_moments(assignments, activations, poses, transforms):
-  """The kernel: sum_i R_ij a_i V_ij and sum_i R_ij a_i (V_ij - mu_j)^2."""
+  """The kernel: sum_i R_ij a_i, sum_i R_ij a_i V_ij and
+  sum_i R_ij a_i (V_ij - mu_j)^2."""
   return fused_votes.FusedVotes(poses, transforms).moments(assignments,
                                                            activations)
 
 
 def _plain_moments(assignments, activations, poses, transforms):
-  """The same [N, P, C, 16] from compute_votes, mu_j the weighted mean."""
+  """The same three sums from compute_votes, mu_j the weighted mean."""
   votes = votes_lib.compute_votes(poses, transforms)  # [N, P, C, I, 16]
   weights = (assignments * activations[:, :, None, :])[..., None]
   first = tf.reduce_sum(weights * votes, axis=3)
-  means = tf.math.divide_no_nan(first, tf.reduce_sum(weights, axis=3))
-  return first, tf.reduce_sum(
+  mass = tf.reduce_sum(weights, axis=3)
+  means = tf.math.divide_no_nan(first, mass)
+  return mass[..., 0], first, tf.reduce_sum(
       weights * tf.square(votes - means[:, :, :, None]), axis=3)
 
 
@@ -136,42 +138,49 @@ def test_values_match_plain_tensorflow(kernels, shape):
   with tf.Graph().as_default(), tf.compat.v1.Session(config=CONFIG) as sess:
     t, feed = _placeholders(x)
     fused = fused_votes.FusedVotes(t['poses'], t['transforms'])
-    first, second = _fused_moments(*[t[k] for k in MOMENTS_INPUTS])
+    mass, first, second = _fused_moments(*[t[k] for k in MOMENTS_INPUTS])
     form = fused.quadratic_form(t['means'], t['scales'])
     n, p, i, c = shape
+    assert mass.shape.as_list() == [n, p, c]
     assert first.shape.as_list() == second.shape.as_list() == [n, p, c, 16]
     assert form.shape.as_list() == [n, p, c, i]
     assert fused.shape.as_list() == [n, p, c, i, 16]
     expected = (_plain_moments(*[t[k] for k in MOMENTS_INPUTS]) +
                 (_plain_quadratic_form(
                     *[t[k] for k in QUADRATIC_FORM_INPUTS]),))
-    actual, expected = sess.run([(first, second, form), expected], feed)
-  for name, a, e in zip(('first', 'second', 'form'), actual, expected):
+    actual, expected = sess.run([(mass, first, second, form), expected],
+                                feed)
+  for name, a, e in zip(('mass', 'first', 'second', 'form'), actual,
+                        expected):
     _assert_close(a, e, 1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize('shape', SHAPES)
-@pytest.mark.parametrize('used', ['both', 'first', 'second'])
+@pytest.mark.parametrize('used', ['all', 'mass', 'first', 'second'])
 def test_moments_gradients_match_plain_tensorflow(kernels, shape, used):
-  """d/d(assignments, activations, poses, transforms) of sum(c1 first) +
-  sum(c2 second), also when only one output is used (tf.gradients then
-  hands the gradient function zeros for the other)."""
+  """d/d(assignments, activations, poses, transforms) of sum(c0 mass) +
+  sum(c1 first) + sum(c2 second), also when only one output is used
+  (tf.gradients then hands the gradient function zeros for the others)."""
   del kernels
   rng = np.random.default_rng(sum(shape) + len(used))
   x = _random_inputs(rng, *shape)
   n, p, _, c = shape
+  c0 = rng.normal(size=(n, p, c)).astype(np.float32)
   c1, c2 = rng.normal(size=(2, n, p, c, 16)).astype(np.float32)
   with tf.Graph().as_default(), tf.compat.v1.Session(config=CONFIG) as sess:
     t, feed = _placeholders(x)
     inputs = [t[k] for k in MOMENTS_INPUTS]
 
-    def loss(first, second):
-      terms = {'first': tf.reduce_sum(c1 * first),
+    def loss(mass, first, second):
+      terms = {'mass': tf.reduce_sum(c0 * mass),
+               'first': tf.reduce_sum(c1 * first),
                'second': tf.reduce_sum(c2 * second)}
-      return terms[used] if used != 'both' else sum(terms.values())
+      return terms[used] if used != 'all' else sum(terms.values())
 
     fused_grads = tf.gradients(loss(*_fused_moments(*inputs)), inputs)
-    plain_grads = tf.gradients(loss(*_plain_moments(*inputs)), inputs)
+    plain_grads = [  # None where the plain sum does not depend on an input
+        tf.zeros_like(x) if g is None else g for x, g in zip(
+            inputs, tf.gradients(loss(*_plain_moments(*inputs)), inputs))]
     assert any(op.type == 'CapsuleVoteMomentsGrad'
                for op in tf.compat.v1.get_default_graph().get_operations())
     actual, expected = sess.run([fused_grads, plain_grads], feed)
@@ -179,25 +188,28 @@ def test_moments_gradients_match_plain_tensorflow(kernels, shape, used):
     _assert_close(a, e, 1e-5, err_msg=name)
 
 
-@pytest.mark.parametrize('unused', [0, 1])
-def test_moments_gradient_function_accepts_none(kernels, unused):
-  """The registered gradient of CapsuleVoteMoments, given None for one
-  output's upstream gradient (as other differentiators may pass), treats
-  it as zero."""
+@pytest.mark.parametrize('used', [0, 1, 2])
+def test_moments_gradient_function_accepts_none(kernels, used):
+  """The registered gradient of CapsuleVoteMoments, given None for the
+  upstream gradients of all outputs but one (as other differentiators may
+  pass), treats them as zero."""
   del kernels
-  rng = np.random.default_rng(80 + unused)
+  rng = np.random.default_rng(80 + used)
   x = _random_inputs(rng, 3, 5, 7, 4)
   upstream = rng.normal(size=(3, 5, 4, 16)).astype(np.float32)
+  if used == 0:
+    upstream = upstream[..., 0]
   with tf.Graph().as_default(), tf.compat.v1.Session(config=CONFIG) as sess:
     t, feed = _placeholders(x)
     inputs = [t[k] for k in MOMENTS_INPUTS]
     moments = _fused_moments(*inputs)
-    grads = [tf.constant(upstream), tf.constant(upstream)]
-    grads[unused] = None
-    fused_grads = fused_votes._vote_moments_grad(moments[0].op, *grads,
-                                                 None)
-    plain_grads = tf.gradients(tf.reduce_sum(
-        upstream * _plain_moments(*inputs)[1 - unused]), inputs)
+    grads = [None, None, None, None]
+    grads[used] = tf.constant(upstream)
+    fused_grads = fused_votes._vote_moments_grad(moments[0].op, *grads)
+    plain_grads = [
+        tf.zeros_like(x) if g is None else g for x, g in zip(
+            inputs, tf.gradients(tf.reduce_sum(
+                upstream * _plain_moments(*inputs)[used]), inputs))]
     actual, expected = sess.run([list(fused_grads), plain_grads], feed)
   for name, a, e in zip(MOMENTS_INPUTS, actual, expected):
     _assert_close(a, e, 1e-5, err_msg=name)
@@ -234,10 +246,10 @@ def test_gradients_match_finite_differences(kernels):
   with tf.Graph().as_default(), tf.compat.v1.Session():
     t, feed = _placeholders(x)
     fused = fused_votes.FusedVotes(t['poses'], t['transforms'])
-    first, second = _fused_moments(*[t[k] for k in MOMENTS_INPUTS])
+    mass, first, second = _fused_moments(*[t[k] for k in MOMENTS_INPUTS])
     form = fused.quadratic_form(t['means'], t['scales'])
-    checks = [(first, MOMENTS_INPUTS), (second, MOMENTS_INPUTS),
-              (form, QUADRATIC_FORM_INPUTS)]
+    checks = [(mass, MOMENTS_INPUTS), (first, MOMENTS_INPUTS),
+              (second, MOMENTS_INPUTS), (form, QUADRATIC_FORM_INPUTS)]
     for output, names in checks:
       jacobians = tf.compat.v1.test.compute_gradient(
           [t[k] for k in names], [x[k].shape for k in names], output,
@@ -445,12 +457,14 @@ def test_variance_of_a_single_child_parent(kernels):
 GOOD_SHAPES = dict(
     assignments=(2, 3, 4, 5), activations=(2, 3, 5), poses=(2, 3, 5, 4, 4),
     transforms=(5, 4, 4, 4), means=(2, 3, 4, 16), scales=(2, 3, 4, 16),
-    first=(2, 3, 4, 16), residual=(2, 3, 4, 16), grad_first=(2, 3, 4, 16),
-    grad_second=(2, 3, 4, 16), grad=(2, 3, 4, 5))
+    mass=(2, 3, 4), first=(2, 3, 4, 16), residual=(2, 3, 4, 16),
+    grad_mass=(2, 3, 4), grad_first=(2, 3, 4, 16), grad_second=(2, 3, 4, 16),
+    grad=(2, 3, 4, 5))
 OP_ARGUMENTS = {
     'capsule_vote_moments': MOMENTS_INPUTS,
     'capsule_vote_moments_grad': MOMENTS_INPUTS + (
-        'first', 'residual', 'grad_first', 'grad_second'),
+        'mass', 'first', 'residual', 'grad_mass', 'grad_first',
+        'grad_second'),
     'capsule_vote_quadratic_form': QUADRATIC_FORM_INPUTS,
     'capsule_vote_quadratic_form_grad': QUADRATIC_FORM_INPUTS + ('grad',),
 }
@@ -462,6 +476,7 @@ BAD_SHAPES = [
     ('capsule_vote_moments', 'transforms', (6, 4, 4, 4)),  # I of poses is 5
     ('capsule_vote_moments_grad', 'grad_second', (2, 3, 4, 15)),
     ('capsule_vote_moments_grad', 'first', (2, 3, 5, 16)),
+    ('capsule_vote_moments_grad', 'grad_mass', (2, 3, 4, 1)),
     ('capsule_vote_moments_grad', 'activations', (2, 1, 5)),
     ('capsule_vote_quadratic_form', 'transforms', (4, 4, 4, 4)),
     ('capsule_vote_quadratic_form', 'means', (2, 3, 5, 16)),

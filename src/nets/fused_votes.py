@@ -7,7 +7,7 @@ routing is bound by memory traffic, forwards and backwards. The C++ ops in
 `kernels/fused_votes.cc` recompute each vote V_ij = M_i W_ij from the poses
 and transforms where it is consumed, in the forward pass and in the gradient:
 
-  capsule_vote_moments(R, a, M, W)  -> sum_i R_ij a_i V_ij,
+  capsule_vote_moments(R, a, M, W)  -> sum_i R_ij a_i, sum_i R_ij a_i V_ij,
                                        sum_i R_ij a_i (V_ij - mu_j)^2
   capsule_vote_quadratic_form(M, W, mu, s)  -> sum_h s_j^h (V_ij^h - mu_j^h)^2
 
@@ -131,12 +131,14 @@ def _zeros_if_none(grad, like):
 
 
 @tf.RegisterGradient('CapsuleVoteMoments')
-def _vote_moments_grad(op, grad_first, grad_second, unused_grad_residual):
+def _vote_moments_grad(op, grad_mass, grad_first, grad_second,
+                       unused_grad_residual):
   """Gradients for R, a, M and W, the votes recomputed once more."""
+  mass, first, _, residual = op.outputs
   return library().capsule_vote_moments_grad(
-      *op.inputs, op.outputs[0], op.outputs[2],
-      _zeros_if_none(grad_first, op.outputs[0]),
-      _zeros_if_none(grad_second, op.outputs[1]))
+      *op.inputs, mass, first, residual, _zeros_if_none(grad_mass, mass),
+      _zeros_if_none(grad_first, first),
+      _zeros_if_none(grad_second, op.outputs[2]))
 
 
 @tf.RegisterGradient('CapsuleVoteQuadraticForm')
@@ -161,25 +163,24 @@ class FusedVotes:
                            votes_lib.POSE_SIZE ** 2])
 
   def moments(self, assignments, activations):
-    """sum_i R_ij a_i V_ij^h and sum_i R_ij a_i (V_ij^h - mu_j^h)^2.
+    """sum_i R_ij a_i, sum_i R_ij a_i V_ij^h and sum_i R_ij a_i (V_ij^h -
+    mu_j^h)^2, mu_j the weighted mean (0 where the first sum is 0).
 
-    mu_j is the weighted mean sum_i R_ij a_i V_ij / sum_i R_ij a_i (0 where
-    that sum is 0): the kernel makes two passes over the votes, so the
-    variance is the paper's, not E[V^2] - mu^2.
-
-    The products R_ij a_i are formed in the kernel, so that the gradient
-    keeps R [N, P, C, I] (which the E-step keeps anyway) and a [N, P, I].
+    The kernel forms R_ij a_i itself, so that the gradient keeps R
+    [N, P, C, I] (which the E-step keeps anyway) and a [N, P, I], and makes
+    two passes over the votes, so the variance is the paper's two-pass one,
+    not E[V^2] - mu^2.
 
     Args:
       assignments: R_ij [N, P, C, I].
       activations: a_i [N, P, I].
 
     Returns:
-      two [N, P, C, 16].
+      mass [N, P, C], first [N, P, C, 16] and second [N, P, C, 16].
     """
-    first, second, _ = library().capsule_vote_moments(
+    mass, first, second, _ = library().capsule_vote_moments(
         assignments, activations, self._poses, self._transforms)
-    return first, second
+    return mass, first, second
 
   def quadratic_form(self, means, scales):
     """sum_h s_j^h (V_ij^h - mu_j^h)^2 for mu, s [N, P, C, 16].

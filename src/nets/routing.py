@@ -131,27 +131,30 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
     poses mu_j^h [N, P, C, H], variances (sigma_j^h)^2 [N, P, C, H] and
     activation logits lambda (beta_a - sum_h cost_j^h) [N, P, C].
   """
-  weighted = assignments * activations[:, :, None, :]  # R_ij <- R_ij a_i
-  mass = tf.reduce_sum(weighted, axis=-1)[..., None]  # sum_i R_ij
-  if vote_moments is not None:
-    # First M-step: sum_i R_ij V_ij^h and sum_i R_ij (V_ij^h)^2 as matrix
-    # products of poses and transforms, R_ij being the same for every j.
-    first, second = vote_moments(weighted[:, :, 0, :])
-    poses = tf.math.divide_no_nan(first, mass)
-    # E[V^2] - mu^2 >= 0 up to rounding, which the floor at zero removes.
-    variances = tf.nn.relu(tf.math.divide_no_nan(second, mass) -
-                           tf.square(poses))
-  elif isinstance(votes, tf.Tensor):
-    poses = tf.math.divide_no_nan(_weighted_child_sum(weighted, votes), mass)
-    squared_deviations = tf.math.squared_difference(votes,
-                                                    poses[..., None, :])
-    variances = tf.math.divide_no_nan(
-        _weighted_child_sum(weighted, squared_deviations), mass)
-  else:
-    # The same two sums, the votes recomputed in the kernel (fused_votes).
-    first, squared_deviations = votes.moments(assignments, activations)
+  if vote_moments is None and not isinstance(votes, tf.Tensor):
+    # Fused kernels: R_ij a_i and the three sums over i, the votes recomputed.
+    mass, first, squared_deviations = votes.moments(assignments, activations)
+    mass = mass[..., None]  # sum_i R_ij a_i
     poses = tf.math.divide_no_nan(first, mass)
     variances = tf.math.divide_no_nan(squared_deviations, mass)
+  else:
+    weighted = assignments * activations[:, :, None, :]  # R_ij <- R_ij a_i
+    mass = tf.reduce_sum(weighted, axis=-1)[..., None]  # sum_i R_ij
+    if vote_moments is None:
+      poses = tf.math.divide_no_nan(_weighted_child_sum(weighted, votes),
+                                    mass)
+      squared_deviations = tf.math.squared_difference(votes,
+                                                      poses[..., None, :])
+      variances = tf.math.divide_no_nan(
+          _weighted_child_sum(weighted, squared_deviations), mass)
+    else:
+      # First M-step: sum_i R_ij V_ij^h and sum_i R_ij (V_ij^h)^2 as matrix
+      # products of poses and transforms, R_ij being the same for every j.
+      first, second = vote_moments(weighted[:, :, 0, :])
+      poses = tf.math.divide_no_nan(first, mass)
+      # E[V^2] - mu^2 >= 0 up to rounding, which the floor at zero removes.
+      variances = tf.nn.relu(tf.math.divide_no_nan(second, mass) -
+                             tf.square(poses))
   variances += min_variance
   # cost^h = (beta_v + log sigma^h) sum_i R_ij, with log sigma = log(sigma^2)/2.
   cost = (beta_v[:, None] + 0.5 * tf.math.log(variances)) * mass

@@ -2,12 +2,12 @@
 //
 // The votes of a ConvCaps layer, V_ij = M_i W_ij, form a tensor
 // [N, P, C, I, 16] that is far larger than the poses M [N, P, I, 4, 4] and
-// the transforms W [I, C, 4, 4] it comes from. Every M-step after the first
-// and every E-step reads it once forwards and once backwards. These ops
-// recompute each vote (16 lanes, four fused multiply-adds) where it is
-// consumed, so the vote tensor is never stored and never read from memory:
+// the transforms W [I, C, 4, 4] it comes from. Every M-step and every E-step
+// reads it once forwards and once backwards. These ops recompute each vote
+// (16 lanes, four multiply-adds) where it is consumed, so the vote tensor is
+// never stored and never read from memory:
 //
-//   CapsuleVoteMoments         sum_i R_ij a_i V_ij^h and
+//   CapsuleVoteMoments         sum_i R_ij a_i, sum_i R_ij a_i V_ij^h and
 //                              sum_i R_ij a_i (V_ij^h - mu_j^h)^2 (mu_j: mean)
 //   CapsuleVoteQuadraticForm   sum_h s_j^h (V_ij^h - mu_j^h)^2
 //
@@ -16,13 +16,17 @@
 // the 16 pose components.
 //
 // The loops visit, for a block of kBlock (example, position) pairs, every
-// slot i and parent type c: the poses of the block and the transform of
-// (i, c) stay in registers or L1, and the gradient of W_ic is summed over
-// the block before it is added to a per-shard accumulator.
+// slot i and parent type c. The poses of the block stay in L1 and the
+// transforms (I * C * 64 bytes) in L2; the forward moments keep each
+// parent's sums in registers over kSlotsPerStep slots, the gradients take
+// kTypesPerStep parent types per step, and the gradient of W_ic is summed
+// over the block before it is added to a per-shard accumulator.
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -152,14 +156,6 @@ struct Geometry {
   int64_t types;  // C
 };
 
-// The transforms spread for the vote products, [I * C].
-std::vector<Spread> SpreadTransforms(const float* w, const Geometry& g) {
-  std::vector<Spread> spread(g.slots * g.types);
-  for (int64_t k = 0; k < g.slots * g.types; ++k)
-    SpreadTransform(w + k * kPose, &spread[k]);
-  return spread;
-}
-
 // Splits the N * P pairs into at most `threads` contiguous shards of whole
 // blocks and runs fn(shard, begin, end) for each on the op's thread pool.
 template <class Fn>
@@ -227,73 +223,194 @@ TensorShape PerParentShape(const Tensor& poses, int64_t types, int64_t last) {
   return TensorShape({poses.dim_size(0), poses.dim_size(1), types, last});
 }
 
+TensorShape MassShape(const Tensor& poses, int64_t types) {
+  return TensorShape({poses.dim_size(0), poses.dim_size(1), types});
+}
+
+// ------------------------------------------------------------ gradients --
+
+// Two parent types j, j + 1 per step of the backward loop: the pose of a pair
+// and its gradient are loaded and stored once for both.
+constexpr int kTypesPerStep = 2;
+
+// The pairs (k, c) of slot i for parent types c .. c + kTypes - 1: recomputes
+// each vote, asks the op's `pair` for dV (it writes its own gradients), and
+// accumulates the pose and transform gradients.
+template <int kTypes, class PairGradient>
+inline void BackwardTypes(const Geometry& g, const float* transforms,
+                          int count, int64_t i, int64_t c, const Spread* pose,
+                          Spread* dpose, Spread* grad_transforms,
+                          PairGradient& pair) {
+  Spread transform[kTypes], dtransform[kTypes];
+  for (int j = 0; j < kTypes; ++j) {
+    SpreadTransform(transforms + (i * g.types + c + j) * kPose, &transform[j]);
+    Zero(&dtransform[j]);
+  }
+  for (int k = 0; k < count; ++k) {
+    for (int j = 0; j < kTypes; ++j) {
+      const Lanes v = Vote(pose[k], transform[j]);
+      const Lanes dv = pair.VoteGradient(k, i, c + j, v);
+      AccumulateVoteGradient(dv, pose[k], transform[j], &dpose[k],
+                             &dtransform[j]);
+    }
+  }
+  for (int j = 0; j < kTypes; ++j) {
+    Spread& total = grad_transforms[i * g.types + c + j];
+    for (int t = 0; t < kSide; ++t) total.x[t] += dtransform[j].x[t];
+  }
+}
+
+// The loop both gradient kernels share, over blocks of pairs, slots and
+// parent types. `pair` has StartBlock(b, count), StartSlot(i),
+// VoteGradient(k, i, c, V) -> dV and EndSlot(i).
+template <class PairGradient>
+void BackwardLoop(const Geometry& g, const float* poses,
+                  const float* transforms, int64_t begin, int64_t end,
+                  PairGradient& pair, float* grad_poses,
+                  Spread* grad_transforms) {
+  Spread pose[kBlock], dpose[kBlock];
+  for (int64_t b = begin; b < end; b += kBlock) {
+    const int count = static_cast<int>(std::min<int64_t>(kBlock, end - b));
+    pair.StartBlock(b, count);
+    for (int64_t i = 0; i < g.slots; ++i) {
+      for (int k = 0; k < count; ++k) {
+        SpreadPose(poses + ((b + k) * g.slots + i) * kPose, &pose[k]);
+        Zero(&dpose[k]);
+      }
+      pair.StartSlot(i);
+      int64_t c = 0;
+      for (; c + kTypesPerStep <= g.types; c += kTypesPerStep)
+        BackwardTypes<kTypesPerStep>(g, transforms, count, i, c, pose, dpose,
+                                     grad_transforms, pair);
+      for (; c < g.types; ++c)
+        BackwardTypes<1>(g, transforms, count, i, c, pose, dpose,
+                         grad_transforms, pair);
+      pair.EndSlot(i);
+      for (int k = 0; k < count; ++k)
+        GatherPoseGradient(dpose[k],
+                           grad_poses + ((b + k) * g.slots + i) * kPose);
+    }
+  }
+}
+
 // ------------------------------------------------------------- moments --
 
-// The means mu[k][c] = sum_i w V / sum_i w of the parents of pairs
-// b .. b + count - 1 (0 where sum_i w = 0, as divide_no_nan), from their
-// first moments, with w[n, c, i] = R[n, c, i] a[n, i].
-void ParentMeans(const Geometry& g, const float* assignments,
-                 const float* activations, const float* first, int64_t b,
-                 int count, Lanes* means) {
-  for (int k = 0; k < count; ++k) {
-    const float* a = activations + (b + k) * g.slots;
+// sum_i x[i] y[i], 16 lanes at a time.
+inline float Dot(const float* x, const float* y, int64_t n) {
+  Lanes total{};
+  int64_t i = 0;
+  for (; i + kPose <= n; i += kPose) total += Load(x + i) * Load(y + i);
+  float sum = Sum(total);
+  for (; i < n; ++i) sum += x[i] * y[i];
+  return sum;
+}
+
+// The masses M[n, c] = sum_i R[n, c, i] a[n, i] of the parents of pairs
+// b .. b + count - 1, written to mass [N * P * C].
+void Masses(const Geometry& g, const float* assignments,
+            const float* activations, int64_t b, int count, float* mass) {
+  for (int k = 0; k < count; ++k)
     for (int64_t c = 0; c < g.types; ++c) {
       const int64_t parent = (b + k) * g.types + c;
-      const float* r = assignments + parent * g.slots;
-      float mass = 0.0f;
-      for (int64_t i = 0; i < g.slots; ++i) mass += r[i] * a[i];
-      means[k * g.types + c] =
-          mass == 0.0f ? Lanes{} : Load(first + parent * kPose) / mass;
+      mass[parent] = Dot(assignments + parent * g.slots,
+                         activations + (b + k) * g.slots, g.slots);
+    }
+}
+
+// For the parents of pairs b .. b + count - 1, each sum [N, P, C, 16] (the
+// first moment, or the residual) divided by the parent's mass, and 0 where
+// the mass is 0, as divide_no_nan.
+void PerUnitMass(const Geometry& g, const float* mass, int64_t b, int count,
+                 std::initializer_list<std::pair<const float*, Lanes*>> sums) {
+  for (int k = 0; k < count; ++k)
+    for (int64_t c = 0; c < g.types; ++c) {
+      const int64_t parent = (b + k) * g.types + c;
+      for (const auto& [sum, out] : sums) {
+        out[k * g.types + c] = mass[parent] == 0.0f
+                                   ? Lanes{}
+                                   : Load(sum + parent * kPose) / mass[parent];
+      }
+    }
+}
+
+// Slots per step of the forward moments: the sums of a parent stay in
+// registers over that many slots between a load and a store.
+constexpr int kSlotsPerStep = 4;
+
+// Adds slots i .. i + kSlots - 1 of pairs b .. b + count - 1 to the sums:
+// pass 0 to first, pass 1 (means known) to second and residual.
+template <int kSlots>
+inline void MomentsSlots(const Geometry& g, const float* assignments,
+                         const float* activations, const float* poses,
+                         const float* transforms, int64_t b, int count,
+                         int64_t i, int pass, const Lanes* means,
+                         float* first, float* second, float* residual) {
+  Spread pose[kBlock][kSlots];
+  for (int k = 0; k < count; ++k)
+    for (int s = 0; s < kSlots; ++s)
+      SpreadPose(poses + ((b + k) * g.slots + i + s) * kPose, &pose[k][s]);
+  for (int64_t c = 0; c < g.types; ++c) {
+    Spread transform[kSlots];
+    for (int s = 0; s < kSlots; ++s)
+      SpreadTransform(transforms + ((i + s) * g.types + c) * kPose,
+                      &transform[s]);
+    for (int k = 0; k < count; ++k) {
+      const int64_t parent = (b + k) * g.types + c;
+      const float* r = assignments + parent * g.slots + i;
+      const float* a = activations + (b + k) * g.slots + i;
+      if (pass == 0) {
+        Lanes f = Load(first + parent * kPose);
+        for (int s = 0; s < kSlots; ++s)
+          f += (r[s] * a[s]) * Vote(pose[k][s], transform[s]);
+        Store(first + parent * kPose, f);
+      } else {
+        const Lanes mu = means[k * g.types + c];
+        Lanes second_sum = Load(second + parent * kPose);
+        Lanes residual_sum = Load(residual + parent * kPose);
+        for (int s = 0; s < kSlots; ++s) {
+          const Lanes d = Vote(pose[k][s], transform[s]) - mu;
+          const Lanes wd = (r[s] * a[s]) * d;
+          second_sum += wd * d;
+          residual_sum += wd;
+        }
+        Store(second + parent * kPose, second_sum);
+        Store(residual + parent * kPose, residual_sum);
+      }
     }
   }
 }
 
 // With weights w[n, c, i] = R[n, c, i] a[n, i], two passes over the votes:
+//   mass[n, c]     = sum_i w[n, c, i],
 //   first[n, c]    = sum_i w[n, c, i] V_ic,
 //   second[n, c]   = sum_i w[n, c, i] (V_ic - mu[n, c])^2, mu the mean,
 //   residual[n, c] = sum_i w[n, c, i] (V_ic - mu[n, c]),
 // the last 0 but for rounding, kept for the gradient.
 void MomentsForward(const Geometry& g, const float* assignments,
                     const float* activations, const float* poses,
-                    const Spread* transforms, int64_t begin, int64_t end,
-                    float* first, float* second, float* residual) {
-  Spread pose[kBlock];
+                    const float* transforms, int64_t begin, int64_t end,
+                    float* mass, float* first, float* second,
+                    float* residual) {
   std::vector<Lanes> means(kBlock * g.types);
   for (int64_t b = begin; b < end; b += kBlock) {
     const int count = static_cast<int>(std::min<int64_t>(kBlock, end - b));
-    std::memset(first + b * g.types * kPose, 0,
-                sizeof(float) * count * g.types * kPose);
-    std::memset(second + b * g.types * kPose, 0,
-                sizeof(float) * count * g.types * kPose);
-    std::memset(residual + b * g.types * kPose, 0,
-                sizeof(float) * count * g.types * kPose);
+    for (float* sums : {first, second, residual})
+      std::memset(sums + b * g.types * kPose, 0,
+                  sizeof(float) * count * g.types * kPose);
     for (int pass = 0; pass < 2; ++pass) {
-      if (pass == 1)
-        ParentMeans(g, assignments, activations, first, b, count,
-                    means.data());
-      for (int64_t i = 0; i < g.slots; ++i) {
-        for (int k = 0; k < count; ++k)
-          SpreadPose(poses + ((b + k) * g.slots + i) * kPose, &pose[k]);
-        for (int64_t c = 0; c < g.types; ++c) {
-          const Spread& transform = transforms[i * g.types + c];
-          for (int k = 0; k < count; ++k) {
-            const int64_t parent = (b + k) * g.types + c;
-            const float w = assignments[parent * g.slots + i] *
-                            activations[(b + k) * g.slots + i];
-            const Lanes v = Vote(pose[k], transform);
-            if (pass == 0) {
-              float* f = first + parent * kPose;
-              Store(f, Load(f) + w * v);
-            } else {
-              const Lanes wd = w * (v - means[k * g.types + c]);
-              float* s = second + parent * kPose;
-              float* e = residual + parent * kPose;
-              Store(s, Load(s) + wd * (v - means[k * g.types + c]));
-              Store(e, Load(e) + wd);
-            }
-          }
-        }
+      if (pass == 1) {
+        Masses(g, assignments, activations, b, count, mass);
+        PerUnitMass(g, mass, b, count, {{first, means.data()}});
       }
+      int64_t i = 0;
+      for (; i + kSlotsPerStep <= g.slots; i += kSlotsPerStep)
+        MomentsSlots<kSlotsPerStep>(g, assignments, activations, poses,
+                                    transforms, b, count, i, pass,
+                                    means.data(), first, second, residual);
+      for (; i < g.slots; ++i)
+        MomentsSlots<1>(g, assignments, activations, poses, transforms, b,
+                        count, i, pass, means.data(), first, second,
+                        residual);
     }
   }
 }
@@ -303,59 +420,62 @@ void MomentsForward(const Geometry& g, const float* assignments,
 // M = sum_i w_i and e the residual: 0 in exact arithmetic, but where a parent's
 // mass is (almost) all one child's, V - mu of that child is rounding noise
 // that these terms cancel, as the gradient of the two-pass formula does.
-void MomentsBackward(const Geometry& g, const float* assignments,
-                     const float* activations, const float* poses,
-                     const Spread* transforms, const float* first,
-                     const float* residual, const float* grad_first,
-                     const float* grad_second,
-                     int64_t begin, int64_t end, float* grad_assignments,
-                     float* grad_activations, float* grad_poses,
-                     Spread* grad_transforms) {
-  Spread pose[kBlock], dpose[kBlock], dtransform;
-  float dactivation[kBlock];
-  std::vector<Lanes> means(kBlock * g.types), corrections(kBlock * g.types);
-  for (int64_t b = begin; b < end; b += kBlock) {
-    const int count = static_cast<int>(std::min<int64_t>(kBlock, end - b));
-    ParentMeans(g, assignments, activations, first, b, count, means.data());
-    // e / M = residual / M, as the means are first / M.
-    ParentMeans(g, assignments, activations, residual, b, count,
-                corrections.data());
-    for (int64_t i = 0; i < g.slots; ++i) {
-      for (int k = 0; k < count; ++k) {
-        SpreadPose(poses + ((b + k) * g.slots + i) * kPose, &pose[k]);
-        Zero(&dpose[k]);
-        dactivation[k] = 0.0f;
-      }
-      for (int64_t c = 0; c < g.types; ++c) {
-        const Spread& transform = transforms[i * g.types + c];
-        Zero(&dtransform);
-        for (int k = 0; k < count; ++k) {
-          const int64_t parent = (b + k) * g.types + c;
-          const float r = assignments[parent * g.slots + i];
-          const float a = activations[(b + k) * g.slots + i];
-          const Lanes g1 = Load(grad_first + parent * kPose);
-          const Lanes g2 = Load(grad_second + parent * kPose);
-          const Lanes v = Vote(pose[k], transform);
-          const Lanes d = v - means[k * g.types + c];
-          const Lanes e = corrections[k * g.types + c];
-          const float dweight = Sum(g1 * v + g2 * d * (d - 2.0f * e));
-          grad_assignments[parent * g.slots + i] = a * dweight;
-          dactivation[k] += r * dweight;
-          const Lanes dv = (r * a) * (g1 + 2.0f * g2 * (d - e));
-          AccumulateVoteGradient(dv, pose[k], transform, &dpose[k],
-                                 &dtransform);
-        }
-        Spread& total = grad_transforms[i * g.types + c];
-        for (int t = 0; t < kSide; ++t) total.x[t] += dtransform.x[t];
-      }
-      for (int k = 0; k < count; ++k) {
-        GatherPoseGradient(dpose[k],
-                           grad_poses + ((b + k) * g.slots + i) * kPose);
-        grad_activations[(b + k) * g.slots + i] = dactivation[k];
-      }
-    }
+class MomentsGradient {
+ public:
+  MomentsGradient(const Geometry& g, const float* assignments,
+                  const float* activations, const float* mass,
+                  const float* first, const float* residual,
+                  const float* grad_mass, const float* grad_first,
+                  const float* grad_second, float* grad_assignments,
+                  float* grad_activations)
+      : g_(g), assignments_(assignments), activations_(activations),
+        mass_(mass), first_(first), residual_(residual),
+        grad_mass_(grad_mass), grad_first_(grad_first),
+        grad_second_(grad_second), grad_assignments_(grad_assignments),
+        grad_activations_(grad_activations), means_(kBlock * g.types),
+        corrections_(kBlock * g.types) {}
+
+  void StartBlock(int64_t b, int count) {
+    b_ = b;
+    count_ = count;
+    PerUnitMass(g_, mass_, b, count,
+                {{first_, means_.data()}, {residual_, corrections_.data()}});
   }
-}
+
+  void StartSlot(int64_t) {
+    for (int k = 0; k < count_; ++k) dactivation_[k] = 0.0f;
+  }
+
+  Lanes VoteGradient(int k, int64_t i, int64_t c, Lanes v) {
+    const int64_t parent = (b_ + k) * g_.types + c;
+    const float r = assignments_[parent * g_.slots + i];
+    const float a = activations_[(b_ + k) * g_.slots + i];
+    const Lanes g1 = Load(grad_first_ + parent * kPose);
+    const Lanes g2 = Load(grad_second_ + parent * kPose);
+    const Lanes d = v - means_[k * g_.types + c];
+    const Lanes e = corrections_[k * g_.types + c];
+    const float dweight =
+        grad_mass_[parent] + Sum(g1 * v + g2 * d * (d - 2.0f * e));
+    grad_assignments_[parent * g_.slots + i] = a * dweight;
+    dactivation_[k] += r * dweight;
+    return (r * a) * (g1 + 2.0f * g2 * (d - e));
+  }
+
+  void EndSlot(int64_t i) {
+    for (int k = 0; k < count_; ++k)
+      grad_activations_[(b_ + k) * g_.slots + i] = dactivation_[k];
+  }
+
+ private:
+  const Geometry& g_;
+  const float *assignments_, *activations_, *mass_, *first_, *residual_,
+      *grad_mass_, *grad_first_, *grad_second_;
+  float *grad_assignments_, *grad_activations_;
+  std::vector<Lanes> means_, corrections_;
+  float dactivation_[kBlock];
+  int64_t b_ = 0;
+  int count_ = 0;
+};
 
 // Checks assignments [N, P, C, I] and activations [N, P, I] against poses.
 tensorflow::Status CheckAssignments(const Tensor& assignments,
@@ -382,21 +502,23 @@ class VoteMomentsOp : public OpKernel {
     OP_REQUIRES_OK(context, CheckPosesAndTransforms(poses, transforms, &g));
     OP_REQUIRES_OK(context,
                    CheckAssignments(assignments, activations, poses, g));
-    Tensor* first = nullptr;
-    Tensor* second = nullptr;
-    Tensor* residual = nullptr;
-    const TensorShape out_shape = PerParentShape(poses, g.types, kPose);
-    OP_REQUIRES_OK(context, context->allocate_output(0, out_shape, &first));
-    OP_REQUIRES_OK(context, context->allocate_output(1, out_shape, &second));
-    OP_REQUIRES_OK(context, context->allocate_output(2, out_shape, &residual));
-    const std::vector<Spread> spread =
-        SpreadTransforms(transforms.flat<float>().data(), g);
+    Tensor* outputs[4] = {};
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                0, MassShape(poses, g.types), &outputs[0]));
+    const TensorShape moments_shape = PerParentShape(poses, g.types, kPose);
+    for (int k = 1; k < 4; ++k) {
+      OP_REQUIRES_OK(context,
+                     context->allocate_output(k, moments_shape, &outputs[k]));
+    }
     RunShards(context, g.pairs, [&](int, int64_t begin, int64_t end) {
       MomentsForward(g, assignments.flat<float>().data(),
                      activations.flat<float>().data(),
-                     poses.flat<float>().data(), spread.data(), begin, end,
-                     first->flat<float>().data(), second->flat<float>().data(),
-                     residual->flat<float>().data());
+                     poses.flat<float>().data(),
+                     transforms.flat<float>().data(), begin, end,
+                     outputs[0]->flat<float>().data(),
+                     outputs[1]->flat<float>().data(),
+                     outputs[2]->flat<float>().data(),
+                     outputs[3]->flat<float>().data());
     });
   }
 };
@@ -411,15 +533,20 @@ class VoteMomentsGradOp : public OpKernel {
     const Tensor& activations = context->input(1);
     const Tensor& poses = context->input(2);
     const Tensor& transforms = context->input(3);
-    const Tensor& first = context->input(4);
-    const Tensor& residual = context->input(5);
-    const Tensor& grad_first = context->input(6);
-    const Tensor& grad_second = context->input(7);
+    const Tensor& mass = context->input(4);
+    const Tensor& first = context->input(5);
+    const Tensor& residual = context->input(6);
+    const Tensor& grad_mass = context->input(7);
+    const Tensor& grad_first = context->input(8);
+    const Tensor& grad_second = context->input(9);
     Geometry g;
     OP_REQUIRES_OK(context, CheckPosesAndTransforms(poses, transforms, &g));
     OP_REQUIRES_OK(context,
                    CheckAssignments(assignments, activations, poses, g));
+    const TensorShape mass_shape = MassShape(poses, g.types);
     const TensorShape moments_shape = PerParentShape(poses, g.types, kPose);
+    OP_REQUIRES_OK(context, CheckShape(mass, mass_shape, "mass"));
+    OP_REQUIRES_OK(context, CheckShape(grad_mass, mass_shape, "grad_mass"));
     OP_REQUIRES_OK(context, CheckShape(first, moments_shape, "first"));
     OP_REQUIRES_OK(context, CheckShape(residual, moments_shape, "residual"));
     OP_REQUIRES_OK(context,
@@ -438,24 +565,23 @@ class VoteMomentsGradOp : public OpKernel {
                    context->allocate_output(2, poses.shape(), &grad_poses));
     OP_REQUIRES_OK(context, context->allocate_output(3, transforms.shape(),
                                                      &grad_transforms));
-    const std::vector<Spread> spread =
-        SpreadTransforms(transforms.flat<float>().data(), g);
     std::vector<std::vector<Spread>> shard_grads(
         context->device()->tensorflow_cpu_worker_threads()->num_threads);
     const int shards = RunShards(
         context, g.pairs, [&](int shard, int64_t begin, int64_t end) {
           shard_grads[shard].assign(g.slots * g.types, Spread{});
-          MomentsBackward(g, assignments.flat<float>().data(),
-                          activations.flat<float>().data(),
-                          poses.flat<float>().data(), spread.data(),
-                          first.flat<float>().data(),
-                          residual.flat<float>().data(),
-                          grad_first.flat<float>().data(),
-                          grad_second.flat<float>().data(), begin, end,
-                          grad_assignments->flat<float>().data(),
-                          grad_activations->flat<float>().data(),
-                          grad_poses->flat<float>().data(),
-                          shard_grads[shard].data());
+          MomentsGradient pair(
+              g, assignments.flat<float>().data(),
+              activations.flat<float>().data(), mass.flat<float>().data(),
+              first.flat<float>().data(), residual.flat<float>().data(),
+              grad_mass.flat<float>().data(), grad_first.flat<float>().data(),
+              grad_second.flat<float>().data(),
+              grad_assignments->flat<float>().data(),
+              grad_activations->flat<float>().data());
+          BackwardLoop(g, poses.flat<float>().data(),
+                       transforms.flat<float>().data(), begin, end, pair,
+                       grad_poses->flat<float>().data(),
+                       shard_grads[shard].data());
         });
     ReduceTransformGradients(shard_grads, shards,
                              grad_transforms->flat<float>().data(),
@@ -467,7 +593,7 @@ class VoteMomentsGradOp : public OpKernel {
 
 // q[n, c, i] = sum_h scale[n, c, h] (V_ic^h - mean[n, c, h])^2.
 void QuadraticForward(const Geometry& g, const float* poses,
-                      const Spread* transforms, const float* means,
+                      const float* transforms, const float* means,
                       const float* scales, int64_t begin, int64_t end,
                       float* out) {
   Spread pose[kBlock];
@@ -477,7 +603,8 @@ void QuadraticForward(const Geometry& g, const float* poses,
       for (int k = 0; k < count; ++k)
         SpreadPose(poses + ((b + k) * g.slots + i) * kPose, &pose[k]);
       for (int64_t c = 0; c < g.types; ++c) {
-        const Spread& transform = transforms[i * g.types + c];
+        Spread transform;
+        SpreadTransform(transforms + (i * g.types + c) * kPose, &transform);
         for (int k = 0; k < count; ++k) {
           const int64_t parent = (b + k) * g.types + c;
           const Lanes d =
@@ -490,48 +617,45 @@ void QuadraticForward(const Geometry& g, const float* poses,
   }
 }
 
-void QuadraticBackward(const Geometry& g, const float* poses,
-                       const Spread* transforms, const float* means,
-                       const float* scales, const float* grad, int64_t begin,
-                       int64_t end, float* grad_poses, float* grad_means,
-                       float* grad_scales, Spread* grad_transforms) {
-  Spread pose[kBlock], dpose[kBlock], dtransform;
-  for (int64_t b = begin; b < end; b += kBlock) {
-    const int count = static_cast<int>(std::min<int64_t>(kBlock, end - b));
-    std::memset(grad_means + b * g.types * kPose, 0,
-                sizeof(float) * count * g.types * kPose);
-    std::memset(grad_scales + b * g.types * kPose, 0,
-                sizeof(float) * count * g.types * kPose);
-    for (int64_t i = 0; i < g.slots; ++i) {
-      for (int k = 0; k < count; ++k) {
-        SpreadPose(poses + ((b + k) * g.slots + i) * kPose, &pose[k]);
-        Zero(&dpose[k]);
-      }
-      for (int64_t c = 0; c < g.types; ++c) {
-        const Spread& transform = transforms[i * g.types + c];
-        Zero(&dtransform);
-        for (int k = 0; k < count; ++k) {
-          const int64_t parent = (b + k) * g.types + c;
-          float* dmu = grad_means + parent * kPose;
-          float* ds = grad_scales + parent * kPose;
-          const float dq = grad[parent * g.slots + i];
-          const Lanes d =
-              Vote(pose[k], transform) - Load(means + parent * kPose);
-          const Lanes dv = (2.0f * dq) * Load(scales + parent * kPose) * d;
-          Store(ds, Load(ds) + dq * d * d);
-          Store(dmu, Load(dmu) - dv);
-          AccumulateVoteGradient(dv, pose[k], transform, &dpose[k],
-                                 &dtransform);
-        }
-        Spread& total = grad_transforms[i * g.types + c];
-        for (int t = 0; t < kSide; ++t) total.x[t] += dtransform.x[t];
-      }
-      for (int k = 0; k < count; ++k)
-        GatherPoseGradient(dpose[k],
-                           grad_poses + ((b + k) * g.slots + i) * kPose);
-    }
+// The gradient of QuadraticForward: dV = 2 dq s (V - mu), d mu = -sum_i dV,
+// d s = sum_i dq (V - mu)^2.
+class QuadraticGradient {
+ public:
+  QuadraticGradient(const Geometry& g, const float* means, const float* scales,
+                    const float* grad, float* grad_means, float* grad_scales)
+      : g_(g), means_(means), scales_(scales), grad_(grad),
+        grad_means_(grad_means), grad_scales_(grad_scales) {}
+
+  void StartBlock(int64_t b, int count) {
+    b_ = b;
+    std::memset(grad_means_ + b * g_.types * kPose, 0,
+                sizeof(float) * count * g_.types * kPose);
+    std::memset(grad_scales_ + b * g_.types * kPose, 0,
+                sizeof(float) * count * g_.types * kPose);
   }
-}
+
+  void StartSlot(int64_t) {}
+
+  Lanes VoteGradient(int k, int64_t i, int64_t c, Lanes v) {
+    const int64_t parent = (b_ + k) * g_.types + c;
+    float* dmu = grad_means_ + parent * kPose;
+    float* ds = grad_scales_ + parent * kPose;
+    const float dq = grad_[parent * g_.slots + i];
+    const Lanes d = v - Load(means_ + parent * kPose);
+    const Lanes dv = (2.0f * dq) * Load(scales_ + parent * kPose) * d;
+    Store(ds, Load(ds) + dq * d * d);
+    Store(dmu, Load(dmu) - dv);
+    return dv;
+  }
+
+  void EndSlot(int64_t) {}
+
+ private:
+  const Geometry& g_;
+  const float *means_, *scales_, *grad_;
+  float *grad_means_, *grad_scales_;
+  int64_t b_ = 0;
+};
 
 class VoteQuadraticFormOp : public OpKernel {
  public:
@@ -552,10 +676,9 @@ class VoteQuadraticFormOp : public OpKernel {
     OP_REQUIRES_OK(context,
                    context->allocate_output(
                        0, PerParentShape(poses, g.types, g.slots), &out));
-    const std::vector<Spread> spread =
-        SpreadTransforms(transforms.flat<float>().data(), g);
     RunShards(context, g.pairs, [&](int, int64_t begin, int64_t end) {
-      QuadraticForward(g, poses.flat<float>().data(), spread.data(),
+      QuadraticForward(g, poses.flat<float>().data(),
+                       transforms.flat<float>().data(),
                        means.flat<float>().data(), scales.flat<float>().data(),
                        begin, end, out->flat<float>().data());
     });
@@ -593,21 +716,20 @@ class VoteQuadraticFormGradOp : public OpKernel {
                    context->allocate_output(2, per_parent, &grad_means));
     OP_REQUIRES_OK(context,
                    context->allocate_output(3, per_parent, &grad_scales));
-    const std::vector<Spread> spread =
-        SpreadTransforms(transforms.flat<float>().data(), g);
     std::vector<std::vector<Spread>> shard_grads(
         context->device()->tensorflow_cpu_worker_threads()->num_threads);
     const int shards = RunShards(
         context, g.pairs, [&](int shard, int64_t begin, int64_t end) {
           shard_grads[shard].assign(g.slots * g.types, Spread{});
-          QuadraticBackward(g, poses.flat<float>().data(), spread.data(),
-                            means.flat<float>().data(),
-                            scales.flat<float>().data(),
-                            grad.flat<float>().data(), begin, end,
-                            grad_poses->flat<float>().data(),
-                            grad_means->flat<float>().data(),
-                            grad_scales->flat<float>().data(),
-                            shard_grads[shard].data());
+          QuadraticGradient pair(g, means.flat<float>().data(),
+                                 scales.flat<float>().data(),
+                                 grad.flat<float>().data(),
+                                 grad_means->flat<float>().data(),
+                                 grad_scales->flat<float>().data());
+          BackwardLoop(g, poses.flat<float>().data(),
+                       transforms.flat<float>().data(), begin, end, pair,
+                       grad_poses->flat<float>().data(),
+                       shard_grads[shard].data());
         });
     ReduceTransformGradients(shard_grads, shards,
                              grad_transforms->flat<float>().data(),
@@ -627,9 +749,11 @@ tensorflow::Status MomentsShape(InferenceContext* c) {
   ShapeHandle poses, transforms;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 5, &poses));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 4, &transforms));
+  c->set_output(0, c->MakeShape({c->Dim(poses, 0), c->Dim(poses, 1),
+                                 c->Dim(transforms, 1)}));
   ShapeHandle out =
       PerParent(c, poses, c->Dim(transforms, 1), c->MakeDim(kPose));
-  for (int output = 0; output < 3; ++output) c->set_output(output, out);
+  for (int output = 1; output < 4; ++output) c->set_output(output, out);
   return tensorflow::OkStatus();
 }
 
@@ -654,6 +778,7 @@ REGISTER_OP("CapsuleVoteMoments")
     .Input("activations: float")  // a_i [N, P, I]
     .Input("poses: float")        // M_i [N, P, I, 4, 4]
     .Input("transforms: float")   // W_ij [I, C, 4, 4]
+    .Output("mass: float")    // sum_i R_ij a_i [N, P, C]
     .Output("first: float")   // sum_i R_ij a_i V_ij^h [N, P, C, 16]
     .Output("second: float")  // sum_i R_ij a_i (V_ij^h - mu_j^h)^2, same
     .Output("residual: float")  // sum_i R_ij a_i (V_ij^h - mu_j^h), ~0
@@ -664,8 +789,10 @@ REGISTER_OP("CapsuleVoteMomentsGrad")
     .Input("activations: float")
     .Input("poses: float")
     .Input("transforms: float")
+    .Input("mass: float")
     .Input("first: float")
     .Input("residual: float")
+    .Input("grad_mass: float")
     .Input("grad_first: float")
     .Input("grad_second: float")
     .Output("grad_assignments: float")
