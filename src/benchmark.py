@@ -100,7 +100,10 @@ def onednn_isa():
   return match.group(1).strip() if match else 'unknown (oneDNN silent)'
 
 
-def _time(session, op, steps):
+def _time(session, op, warmup, steps):
+  """Seconds per run of `op`, over `steps` runs after `warmup` untimed ones."""
+  for _ in range(warmup):
+    session.run(op)
   start = time.perf_counter()
   for _ in range(steps):
     session.run(op)
@@ -134,11 +137,11 @@ def measure(iterations, batch_size, use_naive):
         FLAGS.memory_optimizer)
     with tf.compat.v1.Session(config=session_config) as session:
       session.run(tf.compat.v1.global_variables_initializer())
-      _time(session, graph['train_op'], FLAGS.warmup)
-      train_seconds = _time(session, graph['train_op'], FLAGS.steps)
+      train_seconds = _time(session, graph['train_op'], FLAGS.warmup,
+                            FLAGS.steps)
       final_loss = float(session.run(graph['loss']))
-      _time(session, graph['activations'], FLAGS.warmup)
-      infer_seconds = _time(session, graph['activations'], FLAGS.steps)
+      infer_seconds = _time(session, graph['activations'], FLAGS.warmup,
+                            FLAGS.steps)
   switches = ({} if use_naive else
               {'xla': FLAGS.xla, 'vote_moments': FLAGS.vote_moments,
                'fused_votes': FLAGS.fused_votes,
