@@ -293,6 +293,29 @@ void BackwardLoop(const Geometry& g, const float* poses,
   }
 }
 
+// BackwardLoop over the op's shards, with a PairGradient per shard from
+// make_pair(), then the shards' transform gradients summed into dW.
+template <class MakePair>
+void RunBackward(OpKernelContext* context, const Geometry& g,
+                 const Tensor& poses, const Tensor& transforms,
+                 Tensor* grad_poses, Tensor* grad_transforms,
+                 MakePair make_pair) {
+  std::vector<std::vector<Spread>> shard_grads(
+      context->device()->tensorflow_cpu_worker_threads()->num_threads);
+  const int shards = RunShards(
+      context, g.pairs, [&](int shard, int64_t begin, int64_t end) {
+        shard_grads[shard].assign(g.slots * g.types, Spread{});
+        auto pair = make_pair();
+        BackwardLoop(g, poses.flat<float>().data(),
+                     transforms.flat<float>().data(), begin, end, pair,
+                     grad_poses->flat<float>().data(),
+                     shard_grads[shard].data());
+      });
+  ReduceTransformGradients(shard_grads, shards,
+                           grad_transforms->flat<float>().data(),
+                           g.slots * g.types);
+}
+
 // ------------------------------------------------------------- moments --
 
 // sum_i x[i] y[i], 16 lanes at a time.
@@ -565,27 +588,19 @@ class VoteMomentsGradOp : public OpKernel {
                    context->allocate_output(2, poses.shape(), &grad_poses));
     OP_REQUIRES_OK(context, context->allocate_output(3, transforms.shape(),
                                                      &grad_transforms));
-    std::vector<std::vector<Spread>> shard_grads(
-        context->device()->tensorflow_cpu_worker_threads()->num_threads);
-    const int shards = RunShards(
-        context, g.pairs, [&](int shard, int64_t begin, int64_t end) {
-          shard_grads[shard].assign(g.slots * g.types, Spread{});
-          MomentsGradient pair(
-              g, assignments.flat<float>().data(),
-              activations.flat<float>().data(), mass.flat<float>().data(),
-              first.flat<float>().data(), residual.flat<float>().data(),
-              grad_mass.flat<float>().data(), grad_first.flat<float>().data(),
-              grad_second.flat<float>().data(),
-              grad_assignments->flat<float>().data(),
-              grad_activations->flat<float>().data());
-          BackwardLoop(g, poses.flat<float>().data(),
-                       transforms.flat<float>().data(), begin, end, pair,
-                       grad_poses->flat<float>().data(),
-                       shard_grads[shard].data());
-        });
-    ReduceTransformGradients(shard_grads, shards,
-                             grad_transforms->flat<float>().data(),
-                             g.slots * g.types);
+    RunBackward(context, g, poses, transforms, grad_poses, grad_transforms,
+                [&] {
+                  return MomentsGradient(
+                      g, assignments.flat<float>().data(),
+                      activations.flat<float>().data(),
+                      mass.flat<float>().data(), first.flat<float>().data(),
+                      residual.flat<float>().data(),
+                      grad_mass.flat<float>().data(),
+                      grad_first.flat<float>().data(),
+                      grad_second.flat<float>().data(),
+                      grad_assignments->flat<float>().data(),
+                      grad_activations->flat<float>().data());
+                });
   }
 };
 
@@ -716,24 +731,14 @@ class VoteQuadraticFormGradOp : public OpKernel {
                    context->allocate_output(2, per_parent, &grad_means));
     OP_REQUIRES_OK(context,
                    context->allocate_output(3, per_parent, &grad_scales));
-    std::vector<std::vector<Spread>> shard_grads(
-        context->device()->tensorflow_cpu_worker_threads()->num_threads);
-    const int shards = RunShards(
-        context, g.pairs, [&](int shard, int64_t begin, int64_t end) {
-          shard_grads[shard].assign(g.slots * g.types, Spread{});
-          QuadraticGradient pair(g, means.flat<float>().data(),
-                                 scales.flat<float>().data(),
-                                 grad.flat<float>().data(),
-                                 grad_means->flat<float>().data(),
-                                 grad_scales->flat<float>().data());
-          BackwardLoop(g, poses.flat<float>().data(),
-                       transforms.flat<float>().data(), begin, end, pair,
-                       grad_poses->flat<float>().data(),
-                       shard_grads[shard].data());
-        });
-    ReduceTransformGradients(shard_grads, shards,
-                             grad_transforms->flat<float>().data(),
-                             g.slots * g.types);
+    RunBackward(context, g, poses, transforms, grad_poses, grad_transforms,
+                [&] {
+                  return QuadraticGradient(g, means.flat<float>().data(),
+                                           scales.flat<float>().data(),
+                                           grad.flat<float>().data(),
+                                           grad_means->flat<float>().data(),
+                                           grad_scales->flat<float>().data());
+                });
   }
 };
 
