@@ -47,6 +47,8 @@ flags.DEFINE_bool('naive', True, 'Also measure the naive implementation, in '
 flags.DEFINE_integer('naive_max_batch', 24, 'Measure the naive implementation '
                      'only up to this batch size (its memory grows fast).')
 runtime.define_network_flags()
+flags.DEFINE_enum('conv1_padding', model.default_conv1_padding('mnist'),
+                  list(model.PADDINGS), 'ReLU Conv1 padding (MNIST default).')
 flags.DEFINE_bool('xla', False, 'Compile the routing with XLA.')
 flags.DEFINE_bool('vote_moments', True, 'First M-step of the ConvCaps '
                   'layers from poses and transforms, when votes are stored.')
@@ -115,7 +117,8 @@ def _network(config, use_naive):
   if use_naive:
     return lambda images: naive.capsules_v0_naive(
         images, config.num_classes, config.iterations, config.routing(),
-        a=config.a, b=config.b, c=config.c, d=config.d)
+        a=config.a, b=config.b, c=config.c, d=config.d,
+        conv1_padding=config.conv1_padding)
   return lambda images: config.build(images, FLAGS.xla, FLAGS.vote_moments,
                                      FLAGS.fused_votes)
 
@@ -123,7 +126,8 @@ def _network(config, use_naive):
 def measure(iterations, batch_size, use_naive):
   """Times training and inference steps; returns the JSON record."""
   config = model.ModelConfig(num_classes=NUM_CLASSES, iterations=iterations,
-                             a=FLAGS.A, b=FLAGS.B, c=FLAGS.C, d=FLAGS.D)
+                             a=FLAGS.A, b=FLAGS.B, c=FLAGS.C, d=FLAGS.D,
+                             conv1_padding=FLAGS.conv1_padding)
   rng = np.random.default_rng(0)
   with tf.Graph().as_default():
     images = tf.Variable(rng.uniform(size=(batch_size,) + IMAGE_SHAPE),
@@ -148,7 +152,8 @@ def measure(iterations, batch_size, use_naive):
                'memory_optimizer': FLAGS.memory_optimizer})
   return {
       'implementation': 'naive' if use_naive else 'capsulesEM',
-      'network': {'A': FLAGS.A, 'B': FLAGS.B, 'C': FLAGS.C, 'D': FLAGS.D},
+      'network': {'A': FLAGS.A, 'B': FLAGS.B, 'C': FLAGS.C, 'D': FLAGS.D,
+                  'conv1_padding': FLAGS.conv1_padding},
       'iterations': iterations,
       'batch_size': batch_size,
       'train_images_per_s': round(batch_size / train_seconds, 1),

@@ -20,6 +20,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum('dataset', 'mnist', sorted(datasets.DATASETS), 'Dataset.')
 runtime.define_network_flags()
 flags.DEFINE_float('reconstruction_weight', 0.0, '> 0 counts the decoder.')
+flags.DEFINE_enum('conv1_padding', None, list(model.PADDINGS),
+                  'ReLU Conv1 padding; default that of the dataset.')
 
 
 def count(config, image_shape):
@@ -43,7 +45,13 @@ def main(argv):
   config = model.ModelConfig(
       dataset=FLAGS.dataset, num_classes=dataset.NUM_CLASSES, a=FLAGS.A,
       b=FLAGS.B, c=FLAGS.C, d=FLAGS.D,
-      reconstruction_weight=FLAGS.reconstruction_weight)
+      reconstruction_weight=FLAGS.reconstruction_weight,
+      conv1_padding=(FLAGS.conv1_padding or
+                     model.default_conv1_padding(FLAGS.dataset)))
+  grids = config.geometry(*dataset.IMAGE_SHAPE[:2])
+  print(f'geometry ({config.conv1_padding} ReLU Conv1): ' + ' -> '.join(
+      f'{name} {h}x{w}' for name, h, w in grids) +
+        f' -> class_caps ({grids[-1][1] * grids[-1][2] * config.d} children)')
   counts = count(config, tuple(dataset.IMAGE_SHAPE))
   for scope, n in counts.items():
     print(f'{scope:45s} {n:>9,d}')

@@ -8,14 +8,23 @@ that wrote the checkpoints without repeating the flags.
 
 import dataclasses
 import json
+import math
 import os
 
 from nets import capsules
 from nets import decoder
 from nets import layers
+from nets import receptive_fields
 from nets import schedules
 
 CONFIG_FILE = 'model_config.json'
+PADDINGS = ('VALID', 'SAME')
+
+
+def default_conv1_padding(dataset):
+  """SAME on MNIST (28 -> 14 -> 6 -> 4, the TF 1.4 reference's network),
+  VALID elsewhere (the paper's 32 -> 14 -> 6 -> 4 on smallNORB crops)."""
+  return 'SAME' if dataset == 'mnist' else 'VALID'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +45,9 @@ class ModelConfig:
     log_space: E-step in log space.
     reconstruction_weight: weight of the reconstruction loss; > 0 adds the
       decoder of nets/decoder.py (the reference's "R1" experiments).
+    conv1_padding: 'VALID' or 'SAME' for ReLU Conv1 (`geometry`); a
+      model_config.json written before this field existed loads as VALID,
+      the network it trained.
   """
   dataset: str = 'mnist'
   num_classes: int = 10
@@ -51,6 +63,7 @@ class ModelConfig:
   cost_standardization: bool = True
   log_space: bool = True
   reconstruction_weight: float = 0.0
+  conv1_padding: str = 'VALID'
 
   def __post_init__(self):
     for name in ('num_classes', 'iterations', 'a', 'b', 'c', 'd'):
@@ -64,6 +77,24 @@ class ModelConfig:
     if self.min_variance < 0:
       raise ValueError(f'min_variance must be >= 0, got {self.min_variance}')
     schedules.inverse_temperature(self.inverse_temperature_schedule, 1.0)
+    if self.conv1_padding not in PADDINGS:
+      raise ValueError(f'conv1_padding must be one of {PADDINGS}, got '
+                       f'{self.conv1_padding!r}')
+
+  def geometry(self, height, width):
+    """(layer, height, width) of the grids, from the input's to the last
+    ConvCaps layer's; the class capsules see the last grid times D types."""
+    def conv1(size):
+      return (math.ceil(size / 2) if self.conv1_padding == 'SAME'
+              else receptive_fields.output_size(size, 5, 2))
+    grids = [('input', height, width), ('relu_conv1', conv1(height),
+                                        conv1(width))]
+    grids.append(('primary_caps',) + grids[-1][1:])
+    for name, stride in (('conv_caps1', 2), ('conv_caps2', 1)):
+      grids.append((name,) + tuple(
+          receptive_fields.output_size(size, 3, stride)
+          for size in grids[-1][1:]))
+    return grids
 
   def routing(self, xla=False, vote_moments=True, fused_votes=True):
     return layers.Routing(
@@ -92,7 +123,8 @@ class ModelConfig:
         images, self.num_classes, self.iterations,
         self.routing(xla, vote_moments, fused_votes),
         a=self.a, b=self.b, c=self.c, d=self.d,
-        coordinate_addition=self.coordinate_addition)
+        coordinate_addition=self.coordinate_addition,
+        conv1_padding=self.conv1_padding)
 
   def reconstruct(self, poses, classes, image_shape):
     """Images [N, H, W, channels] from the poses [N, J, 4, 4] of `classes`."""

@@ -34,7 +34,7 @@ NUM_COMPONENTS = POSE_SIZE * POSE_SIZE
 
 def capsules_v0_naive(inputs, num_classes, iterations, routing, a=32, b=32,
                       c=32, d=32, coordinate_addition=True,
-                      name='capsules_v0'):
+                      conv1_padding='VALID', name='capsules_v0'):
   """Builds the network of `nets.capsules.capsules_v0`, naively.
 
   Args:
@@ -44,6 +44,7 @@ def capsules_v0_naive(inputs, num_classes, iterations, routing, a=32, b=32,
     routing: a `layers.Routing` for every capsule layer.
     a, b, c, d: the channel and capsule-type counts A, B, C, D.
     coordinate_addition: in the class capsules.
+    conv1_padding: of ReLU Conv1, 'VALID' or 'SAME'.
     name: variable scope.
 
   Returns:
@@ -52,7 +53,7 @@ def capsules_v0_naive(inputs, num_classes, iterations, routing, a=32, b=32,
   channels = inputs.shape[-1]
   with tf.compat.v1.variable_scope(name):
     net = layers.conv2d(inputs, [5, 5, channels, a], [1, 2, 2, 1],
-                        name='relu_conv1')
+                        padding=conv1_padding, name='relu_conv1')
     net = layers.capsules_init(net, [1, 1, a, b], [1, 1, 1, 1],
                                name='primary_caps')
     net = _conv_caps(net, [3, 3, b, c], 2, iterations, routing, 'conv_caps1')

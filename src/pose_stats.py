@@ -12,8 +12,6 @@ reconstruction decoder, it prints the decoder's summed squared pixel error
 beside the error of the best input-blind guess, each class's mean image.
 """
 
-import os
-
 from absl import app
 from absl import flags
 import numpy as np
@@ -35,20 +33,6 @@ flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
 flags.DEFINE_string('gpu', '1', 'GPUs to use (visible_device_list).')
 flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
 flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
-
-
-def _checkpoint():
-  """The checkpoint path of --step, or the latest; a clear error if absent."""
-  if FLAGS.step is None:
-    path = tf.train.latest_checkpoint(FLAGS.train_dir)
-    if path is None:
-      raise app.UsageError(f'no checkpoint in {FLAGS.train_dir}')
-    return path
-  path = os.path.join(FLAGS.train_dir, f'model.ckpt-{FLAGS.step}')
-  if not os.path.exists(path + '.index'):
-    raise app.UsageError(f'no checkpoint of step {FLAGS.step} in '
-                         f'{FLAGS.train_dir}')
-  return path
 
 
 def _run_network(config, session_config, checkpoint):
@@ -95,7 +79,7 @@ def main(argv):
     config = model.ModelConfig.load(FLAGS.train_dir)
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from e
-  checkpoint = _checkpoint()
+  checkpoint = runtime.checkpoint_path(FLAGS.train_dir, FLAGS.step)
   images, labels, poses, reconstructions = _run_network(
       config, session_config, checkpoint)
   magnitude, spread = evaluation.pose_spread(poses, labels)

@@ -68,6 +68,23 @@ def checked_session_config(values):
     raise app.UsageError(str(e)) from e
 
 
+def checkpoint_path(train_dir, step=None):
+  """The checkpoint of `step` in train_dir, or the latest.
+
+  Raises:
+    app.UsageError: there is no such checkpoint.
+  """
+  if step is None:
+    path = tf.train.latest_checkpoint(train_dir)
+    if path is None:
+      raise app.UsageError(f'no checkpoint in {train_dir}')
+    return path
+  path = os.path.join(train_dir, f'model.ckpt-{step}')
+  if not os.path.exists(path + '.index'):
+    raise app.UsageError(f'no checkpoint of step {step} in {train_dir}')
+  return path
+
+
 def define_network_flags():
   """Defines --A, --B, --C, --D: the sizes of capsules_v0's four layers."""
   flags.DEFINE_integer('A', 32, 'ReLU Conv1 channels.')

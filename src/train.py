@@ -81,6 +81,10 @@ flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
 flags.DEFINE_bool('xla', False, 'Compile the routing with XLA (same '
                   'results; faster with --nofused_votes, slower and 130 MB '
                   'more with the fused kernels: notes/performance.md).')
+flags.DEFINE_enum('conv1_padding', None, list(model.PADDINGS),
+                  'ReLU Conv1 padding: SAME on MNIST (28 -> 14 -> 6 -> 4), '
+                  'VALID on smallNORB (32 -> 14 -> 6 -> 4) by default, or '
+                  'that of the run being resumed.')
 flags.DEFINE_bool('fused_votes', True, 'Route the ConvCaps layers with votes '
                   'recomputed in CPU kernels, never stored (faster, far less '
                   'memory; ignored where the kernels cannot be compiled or a '
@@ -124,7 +128,24 @@ def _validate_flags():
   return runtime.checked_session_config(FLAGS)
 
 
-def _model_config(num_classes):
+def _previous_config():
+  """The model_config.json of the run in --train_dir, or None."""
+  try:
+    return model.ModelConfig.load(FLAGS.train_dir)
+  except FileNotFoundError:
+    return None
+
+
+def _conv1_padding(previous):
+  """--conv1_padding, else the resumed run's, else the dataset's default."""
+  if FLAGS.conv1_padding:
+    return FLAGS.conv1_padding
+  if previous is not None and previous.dataset == FLAGS.dataset:
+    return previous.conv1_padding
+  return model.default_conv1_padding(FLAGS.dataset)
+
+
+def _model_config(num_classes, previous):
   return model.ModelConfig(
       dataset=FLAGS.dataset, num_classes=num_classes,
       iterations=FLAGS.iterations, a=FLAGS.A,
@@ -133,16 +154,13 @@ def _model_config(num_classes):
       final_lambda=FLAGS.final_lambda, min_variance=FLAGS.min_variance,
       cost_standardization=FLAGS.cost_standardization,
       log_space=FLAGS.log_space,
-      reconstruction_weight=FLAGS.reconstruction_weight)
+      reconstruction_weight=FLAGS.reconstruction_weight,
+      conv1_padding=_conv1_padding(previous))
 
 
-def _check_resumable(config):
+def _check_resumable(config, previous):
   """Refuses to resume a run whose network differs from the flags'."""
-  try:
-    previous = model.ModelConfig.load(FLAGS.train_dir)
-  except FileNotFoundError:
-    return
-  if previous != config:
+  if previous is not None and previous != config:
     raise app.UsageError(
         f'{FLAGS.train_dir} holds a run of a different model '
         f'({previous}); the flags ask for {config}. Use another --train_dir.')
@@ -258,9 +276,10 @@ def main(argv):
   _apply_experiment()
   session_config = _validate_flags()
   dataset = datasets.get_dataset(FLAGS.dataset)
-  config = _model_config(dataset.NUM_CLASSES)
+  previous = _previous_config()
+  config = _model_config(dataset.NUM_CLASSES, previous)
   os.makedirs(FLAGS.train_dir, exist_ok=True)
-  _check_resumable(config)
+  _check_resumable(config, previous)
   config.save(FLAGS.train_dir)
   logging.info('Model: %s', config)
   try:

@@ -87,6 +87,29 @@ def test_train_and_resume(run):
     config = json.load(f)
   assert (config['a'], config['b'], config['c'], config['d']) == (8, 4, 4, 4)
   assert config['num_classes'] == 10
+  assert config['conv1_padding'] == 'SAME'  # the MNIST default
+
+
+def test_a_run_from_before_conv1_padding_resumes_as_valid(data_dir,
+                                                         tmp_path):
+  """A run directory whose model_config.json has no conv1_padding (written
+  before the field existed, when Conv1 was VALID) resumes without the flag,
+  as VALID; asking for SAME is refused."""
+  train_dir = str(tmp_path / 'train')
+  args = ['--train_dir=' + train_dir, '--data_dir=' + data_dir] + TINY
+  _succeeded(_run('train.py', '--max_steps=1', '--conv1_padding=VALID',
+                  *args))
+  path = os.path.join(train_dir, 'model_config.json')
+  with open(path) as f:
+    record = json.load(f)
+  del record['conv1_padding']
+  with open(path, 'w') as f:
+    json.dump(record, f)
+  _succeeded(_run('train.py', '--max_steps=2', *args))
+  with open(path) as f:
+    assert json.load(f)['conv1_padding'] == 'VALID'
+  _failed(_run('train.py', '--max_steps=3', '--conv1_padding=SAME', *args),
+          'holds a run of a different model')
 
 
 def test_evaluate_once(run, data_dir):
@@ -189,6 +212,46 @@ def test_pose_stats_compares_the_decoder_with_class_means(data_dir,
 ])
 def test_pose_stats_rejects_bad_flags(flag, message, run):
   _failed(_run('pose_stats.py', '--train_dir=' + run[0], '--gpu=0', flag),
+          message)
+
+
+def test_diagnose(run, data_dir, tmp_path):
+  """diagnose.py prints a line per capsule layer, with one entropy per
+  routing iteration (1 here: the uniform start, 1.000), and writes the same
+  to its JSON file."""
+  output = str(tmp_path / 'diagnostics.json')
+  result = _succeeded(_run(
+      'diagnose.py', '--train_dir=' + run[0], '--data_dir=' + data_dir,
+      '--gpu=0', '--num_images=30', '--batch_size=20', '--step=7',
+      '--output=' + output))
+  assert 'model.ckpt-7: 30 test images, 1 routing iterations' in (
+      result.stdout)
+  with open(output) as f:
+    record = json.load(f)
+  assert record['step'] == 7 and record['num_images'] == 30
+  names = [name.split('/')[-1] for name in record['layers']]
+  assert names == ['primary_caps', 'conv_caps1', 'conv_caps2', 'class_caps']
+  for name, stats in record['layers'].items():
+    assert name in result.stdout
+    assert 0 <= stats['active'] <= 1 and stats['mean_abs_pose'] > 0
+    if not name.endswith('primary_caps'):
+      assert stats['entropy'] == pytest.approx([1.0], abs=1e-5)
+      assert 0 <= stats['below_floor'] <= 1
+
+
+def test_diagnose_writes_into_the_run_by_default(run, data_dir):
+  _succeeded(_run('diagnose.py', '--train_dir=' + run[0],
+                  '--data_dir=' + data_dir, '--gpu=0', '--num_images=10',
+                  '--step=4'))
+  assert os.path.exists(os.path.join(run[0], 'diagnostics', 'step-4.json'))
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--step=5', 'no checkpoint of step 5'),
+    ('--batch_size=0', '--batch_size must be >= 1'),
+])
+def test_diagnose_rejects_bad_flags(flag, message, run):
+  _failed(_run('diagnose.py', '--train_dir=' + run[0], '--gpu=0', flag),
           message)
 
 

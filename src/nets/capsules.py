@@ -15,7 +15,7 @@ from nets import layers
 
 def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
                 a=32, b=32, c=32, d=32, coordinate_addition=True,
-                name='capsules_v0'):
+                conv1_padding='VALID', name='capsules_v0'):
   """Builds the network.
 
   Args:
@@ -26,6 +26,9 @@ def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
     routing: a `layers.Routing` for every capsule layer.
     a, b, c, d: the channel and capsule-type counts A, B, C, D.
     coordinate_addition: in the class capsules.
+    conv1_padding: of ReLU Conv1: 'VALID' (28 -> 12 -> 5 -> 3 on MNIST; the
+      paper's 32 -> 14 -> 6 -> 4 on smallNORB crops) or 'SAME' (28 -> 14 ->
+      6 -> 4, the TF 1.4 reference's MNIST network).
     name: variable scope.
 
   Returns:
@@ -34,7 +37,7 @@ def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
   channels = inputs.shape[-1]
   with tf.compat.v1.variable_scope(name):
     net = layers.conv2d(inputs, [5, 5, channels, a], [1, 2, 2, 1],
-                        name='relu_conv1')
+                        padding=conv1_padding, name='relu_conv1')
     net = layers.capsules_init(net, [1, 1, a, b], [1, 1, 1, 1],
                                name='primary_caps')
     net = layers.capsules_conv(net, [3, 3, b, c], [1, 2, 2, 1], iterations,

@@ -23,6 +23,31 @@ from nets import votes as votes_lib
 
 POSE_SIZE = votes_lib.POSE_SIZE
 
+# Graph collection of a `LayerTrace` per capsule layer (diagnose.py).
+TRACES = 'capsule_layer_traces'
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerTrace:
+  """What a capsule layer leaves in the graph for diagnostics.
+
+  Attributes:
+    name: the layer's scope.
+    poses: [N, ..., 4, 4].
+    activations: [N, ...].
+    iterations: per routing iteration, a dict of the assignments its M-step
+      used [N, P, C, I] and the variances it found [N, P, C, 16] (see
+      routing.em_routing); empty for PrimaryCaps.
+    child_ids: int array [P, I] of a ConvCaps layer, None otherwise.
+    min_variance: the variance floor included in those variances.
+  """
+  name: str
+  poses: tf.Tensor
+  activations: tf.Tensor
+  iterations: tuple = ()
+  child_ids: object = None
+  min_variance: float = 0.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Routing:
@@ -111,6 +136,8 @@ def capsules_init(inputs, shape, strides, padding='VALID',
         [out_shape[:3], [num_types, pose_shape[0], pose_shape[1]]], axis=0))
     poses.set_shape(activations.shape.concatenate(pose_shape))
     tf.compat.v1.summary.histogram('activations', activations)
+    tf.compat.v1.add_to_collection(TRACES, LayerTrace(
+        tf.compat.v1.get_variable_scope().name, poses, activations))
     return poses, activations
 
 
@@ -137,12 +164,16 @@ def _route(votes, activations, num_types, iterations, routing, child_ids,
   if not options.pop('vote_moments'):
     vote_moments = None
   del options['fused_votes']
+  trace = []
   with scope:
     poses, out_activations, assignments = em.em_routing(
         votes, activations, beta_v, beta_a, iterations, child_ids=child_ids,
-        vote_moments=vote_moments, **options)
+        vote_moments=vote_moments, trace=trace, **options)
   tf.compat.v1.summary.histogram('assignments', assignments)
   tf.compat.v1.summary.histogram('activations', out_activations)
+  tf.compat.v1.add_to_collection(TRACES, LayerTrace(
+      tf.compat.v1.get_variable_scope().name, poses, out_activations,
+      tuple(trace), child_ids, routing.min_variance))
   return poses, out_activations
 
 

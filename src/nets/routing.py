@@ -30,7 +30,8 @@ A fully connected layer has P = 1 and every child in one slot. In a
 convolutional layer one child sits in the slots of every parent position whose
 receptive field contains it; `child_ids` [P, I] names the child in each slot,
 and the E-step normalises a child's assignments over all of those parents
-times all C parent types, as the paper and the authors' code do.
+times all C parent types, as the paper's Procedure 1 describes (the authors'
+released code differs: notes/recipes_sources.md).
 
 Numerical stabilisers, each switchable; at the neutral setting named in
 brackets the function computes Procedure 1 exactly (notes/em_routing.md):
@@ -270,7 +271,7 @@ def e_step(votes, poses, variances, logits, child_ids=None, log_space=False):
 def em_routing(votes, activations, beta_v, beta_a, iterations,
                inverse_temperature=1.0, child_ids=None, min_variance=0.0,
                cost_standardization=False, log_space=False,
-               vote_moments=None):
+               vote_moments=None, trace=None):
   """Procedure 1: routes votes to parents by EM.
 
   Args:
@@ -289,6 +290,10 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
       sum_i w_i (V_ij^h)^2) that the first M-step uses instead of the votes
       (nets.votes.vote_moments); with one iteration the votes are then never
       evaluated.
+    trace: None, or a list to which each iteration appends a dict of the
+      assignments R_ij its M-step used [N, P, C, I] and the variances
+      (sigma_j^h)^2 it found [N, P, C, H] (diagnostics; nothing extra runs
+      unless they are fetched).
 
   Returns:
     poses mu_j [N, P, C, H], activations a_j [N, P, C] and the assignments
@@ -304,6 +309,8 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
           assignments, activations, votes, beta_v, beta_a, schedule(t),
           min_variance, cost_standardization,
           vote_moments if t == 0 else None)
+      if trace is not None:
+        trace.append({'assignments': assignments, 'variances': variances})
       if t < iterations - 1:
         assignments = e_step(votes, poses, variances, logits, child_ids,
                              log_space)

@@ -1,0 +1,143 @@
+"""What the routing does in a trained network, layer by layer.
+
+  python src/diagnose.py --train_dir=runs/mnist_R0I3 --gpu=0
+
+Restores a checkpoint of a run (the latest, or --step), passes the first
+--num_images test images through the network and prints, for every capsule
+layer (PrimaryCaps, the ConvCaps layers, the class capsules):
+
+  mean |mu|     mean magnitude of the pose entries
+  class sd      standard deviation of each pose entry over the images of one
+                class, averaged over entries and classes
+  a > 0.5       fraction of capsules with activation above 0.5
+  sigma^2       mean variance of the last M-step, without the floor, and the
+                fraction of variances below the floor
+  H / log K     per routing iteration, the entropy of each child's assignments
+                over all its parents divided by the log of their number: 1 is
+                the uniform start; falling values mean EM concentrates them
+
+and writes the same as JSON (--output, default
+<train_dir>/diagnostics/step-<step>.json; src/diagnostics.py has the
+definitions).
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+import datasets
+import diagnostics
+import model
+import runtime
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('train_dir', 'runs/default', 'Directory of the run.')
+flags.DEFINE_integer('step', None, 'Checkpoint step; default the latest.')
+flags.DEFINE_integer('num_images', 1000, 'First test images to use.')
+flags.DEFINE_integer('batch_size', 100, 'Images per forward pass.')
+flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
+                    'data/<dataset>.')
+flags.DEFINE_string('output', None, 'JSON file; default '
+                    '<train_dir>/diagnostics/step-<step>.json.')
+flags.DEFINE_string('gpu', '1', 'GPUs to use (visible_device_list).')
+flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
+flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
+
+
+def _measure(config, session_config, checkpoint):
+  """Runs the first --num_images test images; returns (step, images used,
+  {layer: {statistic: value}}) in the order of the layers."""
+  dataset = datasets.get_dataset(config.dataset)
+  with tf.Graph().as_default():
+    data, _ = dataset.eval_input(
+        runtime.data_dir(FLAGS.data_dir, config.dataset), FLAGS.batch_size)
+    images, labels = tf.compat.v1.data.make_one_shot_iterator(data).get_next()
+    config.build(images)
+    fetches = diagnostics.graph_fetches()
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    saver = tf.compat.v1.train.Saver()
+    sums = {name: {} for name in fetches}
+    poses = {name: diagnostics.PoseMoments() for name in fetches}
+    seen = 0
+    with tf.compat.v1.Session(config=session_config) as session:
+      saver.restore(session, checkpoint)
+      step = int(session.run(global_step))
+      while seen < FLAGS.num_images:
+        try:
+          batch, batch_labels = session.run([fetches, labels])
+        except tf.errors.OutOfRangeError:
+          break
+        keep = min(len(batch_labels), FLAGS.num_images - seen)
+        seen += keep
+        for name, values in batch.items():
+          poses[name].add(values.pop('poses')[:keep], batch_labels[:keep])
+          for key, value in values.items():
+            sums[name][key] = sums[name].get(key, 0.0) + np.sum(
+                value[..., :keep], axis=-1)
+  layers = {}
+  for name in fetches:
+    stats = {key: (value / seen).tolist() for key, value in sums[name].items()}
+    stats['mean_abs_pose'] = poses[name].mean_magnitude()
+    stats['within_class_sd'] = poses[name].within_class_spread()
+    layers[name] = stats
+  return step, seen, layers
+
+
+def _table(layers, min_variance):
+  """The printed table, a line per layer."""
+  lines = [f'{"layer":<26} {"mean |mu|":>9} {"class sd":>8} {"a > 0.5":>7} '
+           f'{"sigma^2":>9} {"< floor":>7}  H / log K per iteration',
+           f'{"":<26} {"":>9} {"":>8} {"":>7} (floor {min_variance:g})']
+  for name, stats in layers.items():
+    variance = (f'{stats["variance"]:9.2e}' if 'variance' in stats
+                else f'{"-":>9}')
+    below = (f'{stats["below_floor"]:7.3f}' if 'below_floor' in stats
+             else f'{"-":>7}')
+    entropy = ' '.join(f'{v:.3f}' for v in stats.get('entropy', [])) or '-'
+    lines.append(f'{name:<26} {stats["mean_abs_pose"]:9.4f} '
+                 f'{stats["within_class_sd"]:8.4f} {stats["active"]:7.3f} '
+                 f'{variance} {below}  {entropy}')
+  return '\n'.join(lines)
+
+
+def _write_json(path, record):
+  """Writes the record through a temporary file, then renames it."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  for name in ('num_images', 'batch_size'):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f'--{name} must be >= 1, got {FLAGS[name].value}')
+  session_config = runtime.checked_session_config(FLAGS)
+  try:
+    config = model.ModelConfig.load(FLAGS.train_dir)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from e
+  checkpoint = runtime.checkpoint_path(FLAGS.train_dir, FLAGS.step)
+  step, seen, layers = _measure(config, session_config, checkpoint)
+  print(f'{checkpoint}: {seen} test images, {config.iterations} routing '
+        'iterations')
+  print(_table(layers, config.min_variance))
+  output = FLAGS.output or os.path.join(FLAGS.train_dir, 'diagnostics',
+                                        f'step-{step}.json')
+  _write_json(output, {'checkpoint': checkpoint, 'step': step,
+                       'num_images': seen, 'iterations': config.iterations,
+                       'min_variance': config.min_variance,
+                       'layers': layers})
+  print(f'written to {output}')
+
+
+if __name__ == '__main__':
+  tf.compat.v1.disable_eager_execution()
+  app.run(main)

@@ -1,0 +1,114 @@
+"""What the routing does, layer by layer: the library behind diagnose.py.
+
+Every capsule layer leaves a `layers.LayerTrace` in the graph. From it, per
+batch, in the graph:
+
+  * for each routing iteration t, the entropy of each child's assignments
+    over all of its parents, H_i = -sum_k R_ik log R_ik, divided by
+    log K_i, K_i the child's number of parents (C types times the positions
+    that see it): 1 for the uniform start, 0 for a child given wholly to
+    one parent; averaged over the children;
+  * the variances (sigma_j^h)^2 of the last M-step, without the floor: their
+    mean, and the fraction of them below the floor;
+  * the fraction of capsules with activation a > 0.5;
+  * the poses, flattened, for the numpy side: mean |mu| and the standard
+    deviation of every pose entry over the examples of one class, averaged
+    over entries and classes (`PoseMoments`, streaming over batches).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from nets import layers
+
+
+def normalized_entropy(assignments, child_ids=None):
+  """Mean over children of H_i / log K_i, per example.
+
+  Args:
+    assignments: R [N, P, C, I] of one M-step.
+    child_ids: int array [P, I] naming the child in each slot (ConvCaps), or
+      None when every child sits in one slot.
+
+  Returns:
+    [N].
+  """
+  per_slot = -tf.reduce_sum(tf.math.xlogy(assignments, assignments),
+                            axis=2)  # [N, P, I]
+  num_types = assignments.shape[2]
+  if child_ids is None:
+    return tf.reduce_mean(per_slot, axis=[1, 2]) / np.log(num_types)
+  slots = np.bincount(child_ids.ravel())
+  seen = np.flatnonzero(slots)  # children in no patch have no parents
+  per_child = tf.gather(tf.math.unsorted_segment_sum(
+      tf.transpose(per_slot, [1, 2, 0]), child_ids, len(slots)),
+                        seen)  # [children seen, N]
+  log_parents = np.log(num_types * slots[seen]).astype(np.float32)
+  return tf.reduce_mean(per_child / log_parents[:, None], axis=0)
+
+
+def _per_example_mean(values):
+  return tf.reduce_mean(tf.reshape(values, [tf.shape(values)[0], -1]), -1)
+
+
+def layer_fetches(trace):
+  """Per-batch tensors of one layer: per-example statistics [N] (and [T, N]
+  entropies), and the flattened poses [N, capsules * 16]."""
+  fetches = {
+      'active': _per_example_mean(
+          tf.cast(trace.activations > 0.5, tf.float32)),
+      'poses': tf.reshape(trace.poses, [tf.shape(trace.poses)[0], -1]),
+  }
+  if trace.iterations:
+    fetches['entropy'] = tf.stack(
+        [normalized_entropy(step['assignments'], trace.child_ids)
+         for step in trace.iterations])
+    raw = trace.iterations[-1]['variances'] - trace.min_variance
+    fetches['variance'] = _per_example_mean(raw)
+    if trace.min_variance > 0:
+      fetches['below_floor'] = _per_example_mean(
+          tf.cast(raw < trace.min_variance, tf.float32))
+  return fetches
+
+
+def graph_fetches(graph=None):
+  """{layer name: layer_fetches} for every LayerTrace in the graph."""
+  graph = graph or tf.compat.v1.get_default_graph()
+  return {trace.name: layer_fetches(trace)
+          for trace in graph.get_collection(layers.TRACES)}
+
+
+class PoseMoments:
+  """Per-class running moments of flattened poses, over batches."""
+
+  def __init__(self):
+    self._count, self._sum, self._squares, self._magnitude = {}, {}, {}, 0.0
+    self._values = 0
+
+  def add(self, poses, labels):
+    """poses [N, K], labels int [N]."""
+    poses = poses.astype(np.float64)
+    self._magnitude += np.abs(poses).sum()
+    self._values += poses.size
+    for label in np.unique(labels):
+      rows = poses[labels == label]
+      self._count[label] = self._count.get(label, 0) + len(rows)
+      self._sum[label] = self._sum.get(label, 0.0) + rows.sum(axis=0)
+      self._squares[label] = self._squares.get(label, 0.0) + np.square(
+          rows).sum(axis=0)
+
+  def mean_magnitude(self):
+    """Mean |mu| over every entry of every example."""
+    return self._magnitude / max(self._values, 1)
+
+  def within_class_spread(self):
+    """Standard deviation of each entry over a class's examples, averaged
+    over entries and over the classes with at least two examples."""
+    spreads = []
+    for label, count in self._count.items():
+      if count < 2:
+        continue
+      mean = self._sum[label] / count
+      variance = np.maximum(self._squares[label] / count - mean ** 2, 0.0)
+      spreads.append(np.sqrt(variance).mean())
+    return float(np.mean(spreads)) if spreads else float('nan')
