@@ -36,17 +36,9 @@ import runtime
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string('train_dir', 'runs/default', 'Directory of the run.')
-flags.DEFINE_integer('step', None, 'Checkpoint step; default the latest.')
-flags.DEFINE_integer('num_images', 1000, 'First test images to use.')
-flags.DEFINE_integer('batch_size', 100, 'Images per forward pass.')
-flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
-                    'data/<dataset>.')
+runtime.define_checkpoint_flags()
 flags.DEFINE_string('output', None, 'JSON file; default '
                     '<train_dir>/diagnostics/step-<step>.json.')
-flags.DEFINE_string('gpu', '1', 'GPUs to use (visible_device_list).')
-flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
-flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
 
 
 def _measure(config, session_config, checkpoint):
@@ -116,15 +108,8 @@ def _write_json(path, record):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  for name in ('num_images', 'batch_size'):
-    if FLAGS[name].value < 1:
-      raise app.UsageError(f'--{name} must be >= 1, got {FLAGS[name].value}')
-  session_config = runtime.checked_session_config(FLAGS)
-  try:
-    config = model.ModelConfig.load(FLAGS.train_dir)
-  except FileNotFoundError as e:
-    raise app.UsageError(str(e)) from e
-  checkpoint = runtime.checkpoint_path(FLAGS.train_dir, FLAGS.step)
+  session_config, config, checkpoint = runtime.checked_checkpoint_flags(
+      FLAGS, model.ModelConfig.load)
   step, seen, layers = _measure(config, session_config, checkpoint)
   print(f'{checkpoint}: {seen} test images, {config.iterations} routing '
         'iterations')

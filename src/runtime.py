@@ -85,6 +85,45 @@ def checkpoint_path(train_dir, step=None):
   return path
 
 
+def define_checkpoint_flags():
+  """The flags of the scripts that read a run's checkpoint and test images
+  (pose_stats.py, diagnose.py)."""
+  flags.DEFINE_string('train_dir', 'runs/default', 'Directory of the run.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step; default the latest.')
+  flags.DEFINE_integer('num_images', 1000, 'First test images to use.')
+  flags.DEFINE_integer('batch_size', 100, 'Images per forward pass.')
+  flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
+                      'data/<dataset>.')
+  flags.DEFINE_string('gpu', '1', 'GPUs to use (visible_device_list).')
+  flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
+  flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
+
+
+def checked_checkpoint_flags(values, load_config):
+  """Checks the flags of define_checkpoint_flags.
+
+  Args:
+    values: the parsed flags.
+    load_config: model.ModelConfig.load.
+
+  Returns:
+    (session config, the run's model config, the checkpoint's path).
+
+  Raises:
+    app.UsageError: a flag is invalid, or the run or checkpoint is missing.
+  """
+  for name in ('num_images', 'batch_size'):
+    if values[name].value < 1:
+      raise app.UsageError(f'--{name} must be >= 1, got {values[name].value}')
+  session_config = checked_session_config(values)
+  try:
+    config = load_config(values.train_dir)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from e
+  return session_config, config, checkpoint_path(values.train_dir,
+                                                 values.step)
+
+
 def define_network_flags():
   """Defines --A, --B, --C, --D: the sizes of capsules_v0's four layers."""
   flags.DEFINE_integer('A', 32, 'ReLU Conv1 channels.')
