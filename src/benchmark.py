@@ -198,6 +198,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS.steps < 1 or FLAGS.warmup < 0:
     raise app.UsageError('need --steps >= 1 and --warmup >= 0')
+  runtime.check_network_flags(FLAGS)
   if FLAGS.run_one:
     record = measure(*_parse(FLAGS.run_one), FLAGS.run_naive)
     print(json.dumps(record), flush=True)

@@ -41,6 +41,7 @@ def count(config, image_shape):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  runtime.check_network_flags(FLAGS)
   dataset = datasets.get_dataset(FLAGS.dataset)
   config = model.ModelConfig(
       dataset=FLAGS.dataset, num_classes=dataset.NUM_CLASSES, a=FLAGS.A,

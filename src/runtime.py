@@ -132,6 +132,13 @@ def define_network_flags():
   flags.DEFINE_integer('D', 32, 'ConvCaps2 capsule types.')
 
 
+def check_network_flags(values):
+  """Raises app.UsageError unless --A, --B, --C and --D are >= 1."""
+  for name in ('A', 'B', 'C', 'D'):
+    if values[name].value < 1:
+      raise app.UsageError(f'--{name} must be >= 1, got {values[name].value}')
+
+
 def data_dir(flag_value, dataset):
   """The data directory: the flag if given, else data/<dataset>."""
   return flag_value or os.path.join(DATA_ROOT, dataset)

@@ -125,6 +125,7 @@ def _validate_flags():
       raise app.UsageError(f'--{name} must be >= 0, got {FLAGS[name].value}')
   if not 0 <= FLAGS.margin_start <= FLAGS.margin_end:
     raise app.UsageError('need 0 <= --margin_start <= --margin_end')
+  runtime.check_network_flags(FLAGS)
   return runtime.checked_session_config(FLAGS)
 
 
@@ -277,7 +278,10 @@ def main(argv):
   session_config = _validate_flags()
   dataset = datasets.get_dataset(FLAGS.dataset)
   previous = _previous_config()
-  config = _model_config(dataset.NUM_CLASSES, previous)
+  try:
+    config = _model_config(dataset.NUM_CLASSES, previous)
+  except ValueError as e:  # a flag the model config refuses
+    raise app.UsageError(str(e)) from e
   os.makedirs(FLAGS.train_dir, exist_ok=True)
   _check_resumable(config, previous)
   config.save(FLAGS.train_dir)

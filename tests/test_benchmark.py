@@ -47,11 +47,13 @@ def test_benchmark_skips_naive_above_its_batch_limit():
   assert 'train_speedup' not in ours
 
 
-def test_benchmark_rejects_a_bad_configuration():
-  result = _run('benchmark.py', '--configs=3by24', timeout=120)
-  assert result.returncode != 0
-  assert 'bad configuration' in result.stderr
-  assert 'Traceback' not in result.stderr
+def test_benchmark_rejects_bad_flags():
+  for flags, message in ((['--configs=3by24'], 'bad configuration'),
+                         (['--A=0'], '--A must be >= 1')):
+    result = _run('benchmark.py', *flags, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert 'Traceback' not in result.stderr
 
 
 def test_benchmark_kernels_prints_every_op():

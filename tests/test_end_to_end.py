@@ -146,6 +146,10 @@ def test_resume_with_a_different_model_fails(run, data_dir):
     ('--iterations=0', '--iterations must be >= 1'),
     ('--data_dir={tmp}/nonexistent', 'is not a directory'),
     ('--gpu=abc', '--gpu must be comma-separated GPU indices'),
+    ('--A=0', '--A must be >= 1'),
+    ('--D=-2', '--D must be >= 1'),
+    ('--final_lambda=0', 'final_lambda must be > 0'),
+    ('--min_variance=-1', 'min_variance must be >= 0'),
 ])
 def test_train_rejects_bad_flags(flag, message, tmp_path):
   train_dir = tmp_path / 'train'
