@@ -21,7 +21,6 @@ and writes the same as JSON (--output, default
 definitions).
 """
 
-import json
 import os
 
 from absl import app
@@ -97,14 +96,6 @@ def _table(layers, min_variance):
   return '\n'.join(lines)
 
 
-def _write_json(path, record):
-  """Writes the record through a temporary file, then renames it."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + '.tmp', path)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -116,10 +107,12 @@ def main(argv):
   print(_table(layers, config.min_variance))
   output = FLAGS.output or os.path.join(FLAGS.train_dir, 'diagnostics',
                                         f'step-{step}.json')
-  _write_json(output, {'checkpoint': checkpoint, 'step': step,
-                       'num_images': seen, 'iterations': config.iterations,
-                       'min_variance': config.min_variance,
-                       'layers': layers})
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  runtime.write_json(output, {'checkpoint': checkpoint, 'step': step,
+                              'num_images': seen,
+                              'iterations': config.iterations,
+                              'min_variance': config.min_variance,
+                              'layers': layers}, indent=2)
   print(f'written to {output}')
 
 

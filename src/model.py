@@ -11,6 +11,7 @@ import json
 import math
 import os
 
+import runtime
 from nets import capsules
 from nets import decoder
 from nets import layers
@@ -112,7 +113,7 @@ class ModelConfig:
       images: [N, H, W, channels].
       xla: compile the routing with XLA.
       vote_moments: first M-step of the ConvCaps layers without votes.
-      fused_votes: later M- and E-steps of the ConvCaps layers with votes
+      fused_votes: M- and E-steps of the ConvCaps layers with votes
         recomputed in CPU kernels, never stored (nets/fused_votes.py).
       These change the speed, not the maths (notes/performance.md).
 
@@ -132,10 +133,8 @@ class ModelConfig:
 
   def save(self, directory):
     """Writes the config to `directory`/model_config.json atomically."""
-    path = os.path.join(directory, CONFIG_FILE)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(dataclasses.asdict(self), f, indent=2, sort_keys=True)
-    os.replace(path + '.tmp', path)
+    runtime.write_json(os.path.join(directory, CONFIG_FILE),
+                       dataclasses.asdict(self), indent=2, sort_keys=True)
 
   @classmethod
   def load(cls, directory):

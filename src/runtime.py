@@ -1,6 +1,7 @@
 """What train.py, tests.py and benchmark.py share: the session's devices and
 threads, and where the data lives."""
 
+import json
 import os
 import re
 
@@ -66,6 +67,15 @@ def checked_session_config(values):
                           values.inter_op_threads)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+
+
+def write_json(path, record, **options):
+  """Writes `record` as JSON to `path` through a temporary file, renamed into
+  place, so that a reader never sees half a file. `options` go to
+  json.dump."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, **options)
+  os.replace(path + '.tmp', path)
 
 
 def checkpoint_path(train_dir, step=None):

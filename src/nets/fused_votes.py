@@ -134,11 +134,10 @@ def _zeros_if_none(grad, like):
 def _vote_moments_grad(op, grad_mass, grad_first, grad_second,
                        unused_grad_residual):
   """Gradients for R, a, M and W, the votes recomputed once more."""
-  mass, first, _, residual = op.outputs
+  mass, first, second, residual = op.outputs
   return library().capsule_vote_moments_grad(
       *op.inputs, mass, first, residual, _zeros_if_none(grad_mass, mass),
-      _zeros_if_none(grad_first, first),
-      _zeros_if_none(grad_second, op.outputs[2]))
+      _zeros_if_none(grad_first, first), _zeros_if_none(grad_second, second))
 
 
 @tf.RegisterGradient('CapsuleVoteQuadraticForm')
