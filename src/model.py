@@ -14,8 +14,10 @@ import os
 import runtime
 from nets import capsules
 from nets import decoder
+from nets import initializers
 from nets import layers
 from nets import receptive_fields
+from nets import routing as em
 from nets import schedules
 
 CONFIG_FILE = 'model_config.json'
@@ -49,6 +51,12 @@ class ModelConfig:
     conv1_padding: 'VALID' or 'SAME' for ReLU Conv1 (`geometry`); a
       model_config.json written before this field existed loads as VALID,
       the network it trained.
+    initialization: a scheme of nets/initializers.py.
+    activation_cost, cost_scale, pose_damping, initial_assignments: the
+      released codes' routing departures (nets/routing.py).
+    class_lambda_scale: multiplies the class capsules' inverse temperature
+      (the authors' code: 1/4).
+  Fields added after the first runs default to what those runs trained.
   """
   dataset: str = 'mnist'
   num_classes: int = 10
@@ -65,6 +73,12 @@ class ModelConfig:
   log_space: bool = True
   reconstruction_weight: float = 0.0
   conv1_padding: str = 'VALID'
+  initialization: str = 'default'
+  activation_cost: str = 'paper'
+  cost_scale: str = 'none'
+  pose_damping: float = 0.0
+  initial_assignments: str = 'per_child'
+  class_lambda_scale: float = 1.0
 
   def __post_init__(self):
     for name in ('num_classes', 'iterations', 'a', 'b', 'c', 'd'):
@@ -81,6 +95,19 @@ class ModelConfig:
     if self.conv1_padding not in PADDINGS:
       raise ValueError(f'conv1_padding must be one of {PADDINGS}, got '
                        f'{self.conv1_padding!r}')
+    initializers.get(self.initialization)
+    for name, choices in (('activation_cost', em.ACTIVATION_COSTS),
+                          ('cost_scale', em.COST_SCALES),
+                          ('initial_assignments', em.INITIAL_ASSIGNMENTS)):
+      if getattr(self, name) not in choices:
+        raise ValueError(f'{name} must be one of {choices}, got '
+                         f'{getattr(self, name)!r}')
+    if not 0 <= self.pose_damping < 1:
+      raise ValueError(f'pose_damping must be in [0, 1), got '
+                       f'{self.pose_damping}')
+    if self.class_lambda_scale <= 0:
+      raise ValueError(f'class_lambda_scale must be > 0, got '
+                       f'{self.class_lambda_scale}')
 
   def geometry(self, height, width):
     """(layer, height, width) of the grids, from the input's to the last
@@ -97,14 +124,20 @@ class ModelConfig:
           for size in grids[-1][1:]))
     return grids
 
-  def routing(self, xla=False, vote_moments=True, fused_votes=True):
+  def routing(self, xla=False, vote_moments=True, fused_votes=True,
+              lambda_scale=1.0):
+    """The `layers.Routing` of the ConvCaps layers; with `lambda_scale`, of
+    a layer whose inverse temperature is scaled (the class capsules')."""
     return layers.Routing(
         inverse_temperature=schedules.inverse_temperature(
-            self.inverse_temperature_schedule, self.final_lambda),
+            self.inverse_temperature_schedule,
+            lambda_scale * self.final_lambda),
         min_variance=self.min_variance,
         cost_standardization=self.cost_standardization,
         log_space=self.log_space, xla=xla, vote_moments=vote_moments,
-        fused_votes=fused_votes)
+        fused_votes=fused_votes, activation_cost=self.activation_cost,
+        cost_scale=self.cost_scale, pose_damping=self.pose_damping,
+        initial_assignments=self.initial_assignments)
 
   def build(self, images, xla=False, vote_moments=True, fused_votes=True):
     """The network on images [N, H, W, channels].
@@ -125,7 +158,10 @@ class ModelConfig:
         self.routing(xla, vote_moments, fused_votes),
         a=self.a, b=self.b, c=self.c, d=self.d,
         coordinate_addition=self.coordinate_addition,
-        conv1_padding=self.conv1_padding)
+        conv1_padding=self.conv1_padding,
+        class_routing=self.routing(xla, vote_moments, fused_votes,
+                                   self.class_lambda_scale),
+        init=initializers.get(self.initialization))
 
   def reconstruct(self, poses, classes, image_shape):
     """Images [N, H, W, channels] from the poses [N, J, 4, 4] of `classes`."""

@@ -50,6 +50,7 @@ def capsules_v0_naive(inputs, num_classes, iterations, routing, a=32, b=32,
   Returns:
     poses [N, num_classes, 4, 4] and activations [N, num_classes].
   """
+  _check_paper_routing(routing)
   channels = inputs.shape[-1]
   with tf.compat.v1.variable_scope(name):
     net = layers.conv2d(inputs, [5, 5, channels, a], [1, 2, 2, 1],
@@ -60,6 +61,18 @@ def capsules_v0_naive(inputs, num_classes, iterations, routing, a=32, b=32,
     net = _conv_caps(net, [3, 3, c, d], 1, iterations, routing, 'conv_caps2')
     return _class_caps(net, num_classes, iterations, coordinate_addition,
                        routing, 'class_caps')
+
+
+def _check_paper_routing(routing):
+  """The naive network computes the paper's routing only: a clear error for
+  the released codes' departures (routing.py's second list)."""
+  paper = layers.Routing()
+  for name in ('activation_cost', 'cost_scale', 'pose_damping',
+               'initial_assignments'):
+    if getattr(routing, name) != getattr(paper, name):
+      raise ValueError(f'naive.py computes the paper\'s {name} only '
+                       f'({getattr(paper, name)!r}), got '
+                       f'{getattr(routing, name)!r}')
 
 
 def _conv_caps(inputs, shape, stride, iterations, routing, name):

@@ -23,6 +23,8 @@ import experiments
 import model
 import runtime
 import training
+from nets import initializers
+from nets import routing as em
 from nets import schedules
 
 FLAGS = flags.FLAGS
@@ -54,6 +56,20 @@ flags.DEFINE_float('min_variance', 1e-4, 'M-step variance floor (0 = off).')
 flags.DEFINE_bool('cost_standardization', True,
                   'Standardise the M-step cost over parent types.')
 flags.DEFINE_bool('log_space', True, 'E-step in log space.')
+flags.DEFINE_enum('initialization', 'default', sorted(initializers.SCHEMES),
+                  'Initial values of the variables (nets/initializers.py).')
+flags.DEFINE_enum('activation_cost', 'paper', list(em.ACTIVATION_COSTS),
+                  "Activation logit: the paper's, or the authors' code's.")
+flags.DEFINE_enum('cost_scale', 'none', list(em.COST_SCALES),
+                  "Cost factor: none, or IBM's 100 C / I.")
+flags.DEFINE_float('pose_damping', 0.0, 'Weight of the previous '
+                   "iteration's pose in the M-step (the authors' code: 0.1).")
+flags.DEFINE_enum('initial_assignments', 'per_child',
+                  list(em.INITIAL_ASSIGNMENTS),
+                  'R_ij before the first M-step: 1 / (C x parent positions '
+                  "of the child), or the authors' 1 / C per slot.")
+flags.DEFINE_float('class_lambda_scale', 1.0, 'Factor on the class '
+                   "capsules' inverse temperature (the authors' code: 1/4).")
 flags.DEFINE_float('reconstruction_weight', 0.0,
                    'Weight of the reconstruction loss (0 = no decoder).')
 # Optimisation.
@@ -156,7 +172,12 @@ def _model_config(num_classes, previous):
       cost_standardization=FLAGS.cost_standardization,
       log_space=FLAGS.log_space,
       reconstruction_weight=FLAGS.reconstruction_weight,
-      conv1_padding=_conv1_padding(previous))
+      conv1_padding=_conv1_padding(previous),
+      initialization=FLAGS.initialization,
+      activation_cost=FLAGS.activation_cost, cost_scale=FLAGS.cost_scale,
+      pose_damping=FLAGS.pose_damping,
+      initial_assignments=FLAGS.initial_assignments,
+      class_lambda_scale=FLAGS.class_lambda_scale)
 
 
 def _check_resumable(config, previous):

@@ -28,7 +28,7 @@ def _conv_child_ids():
 def test_uniform_assignments_have_entropy_one():
   child_ids = _conv_child_ids()
   with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-    uniform = session.run(em.initial_assignments(
+    uniform = session.run(em.uniform_assignments(
         tf.ones([2, 9, 18]), 3, child_ids))
   np.testing.assert_allclose(_entropy(uniform, child_ids), [1.0, 1.0],
                              rtol=1e-5)
@@ -44,7 +44,7 @@ def test_children_in_no_patch_are_left_out():
   child_ids = receptive_fields.child_ids(indices, 2)
   assert len(np.unique(child_ids)) < 6 * 6 * 2
   with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-    uniform = session.run(em.initial_assignments(
+    uniform = session.run(em.uniform_assignments(
         tf.ones([1, 4, 18]), 3, child_ids))
   np.testing.assert_allclose(_entropy(uniform, child_ids), [1.0], rtol=1e-5)
 

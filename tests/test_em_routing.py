@@ -112,7 +112,7 @@ def test_convolutional_assignments_normalised_over_all_parents():
 def test_initial_assignments_spread_over_parents():
   child_ids = _conv_child_ids(5, 3, 1, num_in=1)
   with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-    r = session.run(em.initial_assignments(tf.ones([1, 9, 9]), 2, child_ids))
+    r = session.run(em.uniform_assignments(tf.ones([1, 9, 9]), 2, child_ids))
   totals = np.bincount(child_ids.ravel(), r[0].sum(axis=1).ravel())
   np.testing.assert_allclose(totals, 1.0, rtol=1e-6)
   assert r[0, 0, 0, 0] == pytest.approx(0.5)  # corner child: one position

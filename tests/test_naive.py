@@ -33,7 +33,8 @@ IMAGE_SHAPE = (2, 28, 28, 1)
 STABILISED = model.ModelConfig().routing()
 PLAIN = layers.Routing(inverse_temperature=lambda t: 1.0 - 0.95 ** (t + 1))
 MATHS_FIELDS = ('inverse_temperature', 'min_variance', 'cost_standardization',
-                'log_space')
+                'log_space', 'activation_cost', 'cost_scale', 'pose_damping',
+                'initial_assignments')
 
 
 def _speed_switches_off(routing):

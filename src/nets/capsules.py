@@ -15,7 +15,8 @@ from nets import layers
 
 def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
                 a=32, b=32, c=32, d=32, coordinate_addition=True,
-                conv1_padding='VALID', name='capsules_v0'):
+                conv1_padding='VALID', class_routing=None,
+                init=layers.Initialization(), name='capsules_v0'):
   """Builds the network.
 
   Args:
@@ -29,6 +30,9 @@ def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
     conv1_padding: of ReLU Conv1: 'VALID' (28 -> 12 -> 5 -> 3 on MNIST; the
       paper's 32 -> 14 -> 6 -> 4 on smallNORB crops) or 'SAME' (28 -> 14 ->
       6 -> 4, the TF 1.4 reference's MNIST network).
+    class_routing: a `layers.Routing` for the class capsules, or None for
+      `routing` (the authors scale the class layer's inverse temperature).
+    init: an `initializers.Initialization` for every variable.
     name: variable scope.
 
   Returns:
@@ -37,12 +41,15 @@ def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
   channels = inputs.shape[-1]
   with tf.compat.v1.variable_scope(name):
     net = layers.conv2d(inputs, [5, 5, channels, a], [1, 2, 2, 1],
-                        padding=conv1_padding, name='relu_conv1')
-    net = layers.capsules_init(net, [1, 1, a, b], [1, 1, 1, 1],
+                        padding=conv1_padding,
+                        weights_init=init.conv1_weights,
+                        biases_init=init.conv1_biases, name='relu_conv1')
+    net = layers.capsules_init(net, [1, 1, a, b], [1, 1, 1, 1], init=init,
                                name='primary_caps')
     net = layers.capsules_conv(net, [3, 3, b, c], [1, 2, 2, 1], iterations,
-                               routing, name='conv_caps1')
+                               routing, init, name='conv_caps1')
     net = layers.capsules_conv(net, [3, 3, c, d], [1, 1, 1, 1], iterations,
-                               routing, name='conv_caps2')
+                               routing, init, name='conv_caps2')
     return layers.capsules_fc(net, num_classes, iterations,
-                              coordinate_addition, routing, name='class_caps')
+                              coordinate_addition, class_routing or routing,
+                              init, name='class_caps')

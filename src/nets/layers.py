@@ -11,15 +11,17 @@ pose matrix M and an activation a in (0, 1).
 import contextlib
 import dataclasses
 import functools
-import math
 from typing import Callable, Union
 
 import tensorflow as tf
 
 from nets import fused_votes
+from nets import initializers
 from nets import routing as em
 from nets import receptive_fields
 from nets import votes as votes_lib
+
+Initialization = initializers.Initialization
 
 POSE_SIZE = votes_lib.POSE_SIZE
 
@@ -54,7 +56,9 @@ class Routing:
   """How a capsule layer routes: Procedure 1 and its numerical stabilisers.
 
   The defaults compute the paper's Procedure 1 exactly (lambda = 1);
-  notes/em_routing.md explains each stabiliser. Three switches change the
+  notes/em_routing.md explains each stabiliser, and notes/recipes.md the
+  released codes' departures: `activation_cost`, `cost_scale`,
+  `pose_damping` and `initial_assignments` (see routing.em_routing). Three switches change the
   speed, not the maths (notes/performance.md): `fused_votes` lets every M-
   and E-step of a ConvCaps layer recompute the votes in CPU kernels instead
   of storing them (nets/fused_votes.py); where the kernels are unavailable
@@ -66,22 +70,24 @@ class Routing:
   min_variance: float = 0.0
   cost_standardization: bool = False
   log_space: bool = False
+  activation_cost: str = 'paper'
+  cost_scale: str = 'none'
+  pose_damping: float = 0.0
+  initial_assignments: str = 'per_child'
   xla: bool = False
   vote_moments: bool = True
   fused_votes: bool = True
 
 
-def _variable(name, shape, stddev):
-  """A float32 variable, truncated-normal (stddev > 0) or zero initialised."""
-  if stddev > 0:
-    initializer = tf.compat.v1.truncated_normal_initializer(stddev=stddev)
-  else:
-    initializer = tf.compat.v1.zeros_initializer()
-  return tf.compat.v1.get_variable(name, shape, tf.float32, initializer)
+def _variable(name, shape, init, fan_in=1, fan_out=1):
+  """A float32 variable with the initial distribution `init`."""
+  return tf.compat.v1.get_variable(name, shape, tf.float32,
+                                   init.initializer(fan_in, fan_out))
 
 
 def conv2d(inputs, shape, strides, padding='VALID', activation_fn=tf.nn.relu,
-           use_bias=True, name='conv2d'):
+           use_bias=True, weights_init=initializers.Init('he'),
+           biases_init=initializers.Init(), name='conv2d'):
   """A 2-D convolution with optional bias and activation (ReLU Conv1).
 
   Args:
@@ -91,6 +97,7 @@ def conv2d(inputs, shape, strides, padding='VALID', activation_fn=tf.nn.relu,
     padding: 'VALID' or 'SAME'.
     activation_fn: applied to the output, or None.
     use_bias: add a learned bias per output channel.
+    weights_init, biases_init: `initializers.Init`s; He and zeros.
     name: variable scope.
 
   Returns:
@@ -98,17 +105,19 @@ def conv2d(inputs, shape, strides, padding='VALID', activation_fn=tf.nn.relu,
   """
   with tf.compat.v1.variable_scope(name):
     fan_in = shape[0] * shape[1] * shape[2]
-    weights = _variable('weights', shape, math.sqrt(2.0 / fan_in))
+    weights = _variable('weights', shape, weights_init, fan_in, shape[3])
     outputs = tf.nn.conv2d(inputs, weights, strides, padding)
     if use_bias:
-      outputs = tf.nn.bias_add(outputs, _variable('biases', shape[-1:], 0.0))
+      outputs = tf.nn.bias_add(outputs,
+                               _variable('biases', shape[-1:], biases_init))
     if activation_fn is not None:
       outputs = activation_fn(outputs)
     return outputs
 
 
 def capsules_init(inputs, shape, strides, padding='VALID',
-                  pose_shape=(POSE_SIZE, POSE_SIZE), name='capsules_init'):
+                  pose_shape=(POSE_SIZE, POSE_SIZE),
+                  init=initializers.Initialization(), name='capsules_init'):
   """PrimaryCaps (layer A -> B): a convolution gives each capsule its pose
   matrix and, through a logistic unit, its activation.
 
@@ -118,6 +127,7 @@ def capsules_init(inputs, shape, strides, padding='VALID',
     strides: [1, SH, SW, 1].
     padding: 'VALID' or 'SAME'.
     pose_shape: (4, 4).
+    init: an `initializers.Initialization` (its primary_* fields).
     name: variable scope.
 
   Returns:
@@ -128,9 +138,13 @@ def capsules_init(inputs, shape, strides, padding='VALID',
   kernel = list(shape[:-1])
   with tf.compat.v1.variable_scope(name):
     poses = conv2d(inputs, kernel + [num_types * pose_size], strides, padding,
-                   activation_fn=None, name='poses')
+                   activation_fn=None, weights_init=init.primary_poses,
+                   name='poses')
     activations = conv2d(inputs, kernel + [num_types], strides, padding,
-                         activation_fn=tf.sigmoid, name='activations')
+                         activation_fn=tf.sigmoid,
+                         weights_init=init.primary_activations,
+                         biases_init=init.primary_activation_biases,
+                         name='activations')
     out_shape = tf.shape(poses)
     poses = tf.reshape(poses, tf.concat(
         [out_shape[:3], [num_types, pose_shape[0], pose_shape[1]]], axis=0))
@@ -141,22 +155,25 @@ def capsules_init(inputs, shape, strides, padding='VALID',
     return poses, activations
 
 
-def _transform_variable(shape):
-  """Transformation matrices W, initialised so that a vote has the scale of a
-  pose: each vote entry sums 4 products, so W entries have variance 1/4."""
-  return _variable('transforms', shape, math.sqrt(1.0 / POSE_SIZE))
+def _transform_variable(shape, init=Initialization().conv_transforms):
+  """Transformation matrices W_ij [I, C, 4, 4] from `init`."""
+  return _variable('transforms', shape, init)
 
 
-def _beta(num_types):
+def _beta(num_types, beta_v_init=Initialization().conv_beta_v,
+          beta_a_init=Initialization().conv_beta_a):
   """beta_v and beta_a, one each per parent capsule type [C]."""
-  return _variable('beta_v', [num_types], 0.0), _variable(
-      'beta_a', [num_types], 0.0)
+  return (_variable('beta_v', [num_types], beta_v_init, num_types, 1),
+          _variable('beta_a', [num_types], beta_a_init, num_types, 1))
 
 
-def _route(votes, activations, num_types, iterations, routing, child_ids,
+def _route(votes, activations, betas, iterations, routing, child_ids,
            vote_moments=None):
-  """Runs EM routing under the layer's scope; adds its summaries."""
-  beta_v, beta_a = _beta(num_types)
+  """Runs EM routing under the layer's scope; adds its summaries.
+
+  Args: as em.em_routing; betas = (beta_v, beta_a), each [C].
+  """
+  beta_v, beta_a = betas
   options = dataclasses.asdict(routing)
   scope = (tf.compat.v1.xla.experimental.jit_scope(
       compile_ops=True, separate_compiled_gradients=False)
@@ -178,7 +195,7 @@ def _route(votes, activations, num_types, iterations, routing, child_ids,
 
 
 def capsules_conv(inputs, shape, strides, iterations, routing=Routing(),
-                  name='capsules_conv'):
+                  init=Initialization(), name='capsules_conv'):
   """ConvCaps (B -> C, C -> D): convolutional capsules routed by EM.
 
   Each child capsule in a K x K patch votes for every parent type with its pose
@@ -191,6 +208,7 @@ def capsules_conv(inputs, shape, strides, iterations, routing=Routing(),
     strides: [1, S, S, 1].
     iterations: EM routing iterations.
     routing: a `Routing`.
+    init: an `initializers.Initialization` (its conv_* fields).
     name: variable scope.
 
   Returns:
@@ -209,7 +227,8 @@ def capsules_conv(inputs, shape, strides, iterations, routing=Routing(),
                                            stride)  # [P, K*K]
   num_slots = kernel_size * kernel_size * num_in
   with tf.compat.v1.variable_scope(name):
-    transforms = _transform_variable([num_slots, num_out, POSE_SIZE, POSE_SIZE])
+    transforms = _transform_variable(
+        [num_slots, num_out, POSE_SIZE, POSE_SIZE], init.conv_transforms)
     # Gather every patch: [N, P, K*K, B, ...] -> slots i = (k, b).
     flat_poses = tf.reshape(poses, [-1, height * width, num_in, POSE_SIZE,
                                     POSE_SIZE])
@@ -228,8 +247,9 @@ def capsules_conv(inputs, shape, strides, iterations, routing=Routing(),
       votes = votes_lib.compute_votes(patch_poses, transforms)
       vote_moments = functools.partial(votes_lib.vote_moments, patch_poses,
                                        transforms)
+    betas = _beta(num_out, init.conv_beta_v, init.conv_beta_a)
     out_poses, out_activations = _route(
-        votes, patch_activations, num_out, iterations, routing, child_ids,
+        votes, patch_activations, betas, iterations, routing, child_ids,
         vote_moments)
     return (tf.reshape(out_poses, [-1, out_height, out_width, num_out,
                                    POSE_SIZE, POSE_SIZE]),
@@ -237,7 +257,7 @@ def capsules_conv(inputs, shape, strides, iterations, routing=Routing(),
 
 
 def capsules_fc(inputs, num_classes, iterations, coordinate_addition=True,
-                routing=Routing(), name='capsules_fc'):
+                routing=Routing(), init=Initialization(), name='capsules_fc'):
   """Class capsules: every child votes for every class.
 
   The transform W_bj is shared by all positions of child type b. With
@@ -251,6 +271,7 @@ def capsules_fc(inputs, num_classes, iterations, coordinate_addition=True,
     iterations: EM routing iterations.
     coordinate_addition: add the scaled coordinates to the votes.
     routing: a `Routing`.
+    init: an `initializers.Initialization` (its class_* fields).
     name: variable scope.
 
   Returns:
@@ -260,8 +281,8 @@ def capsules_fc(inputs, num_classes, iterations, coordinate_addition=True,
   height, width, num_in = poses.shape[1], poses.shape[2], poses.shape[3]
   positions = height * width
   with tf.compat.v1.variable_scope(name):
-    transforms = _transform_variable([num_in, num_classes, POSE_SIZE,
-                                      POSE_SIZE])
+    transforms = _transform_variable(
+        [num_in, num_classes, POSE_SIZE, POSE_SIZE], init.class_transforms)
     shared = tf.tile(transforms[None], [positions, 1, 1, 1, 1])
     flat_poses = tf.reshape(poses, [-1, 1, positions * num_in, POSE_SIZE,
                                     POSE_SIZE])
@@ -272,7 +293,8 @@ def capsules_fc(inputs, num_classes, iterations, coordinate_addition=True,
     if coordinate_addition:
       votes += _coordinate_offsets(height, width, num_in)
     flat_activations = tf.reshape(activations, [-1, 1, positions * num_in])
-    out_poses, out_activations = _route(votes, flat_activations, num_classes,
+    betas = _beta(num_classes, init.class_beta_v, init.class_beta_a)
+    out_poses, out_activations = _route(votes, flat_activations, betas,
                                         iterations, routing, child_ids=None)
     return (tf.reshape(out_poses, [-1, num_classes, POSE_SIZE, POSE_SIZE]),
             tf.reshape(out_activations, [-1, num_classes]))

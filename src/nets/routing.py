@@ -40,6 +40,19 @@ brackets the function computes Procedure 1 exactly (notes/em_routing.md):
   log_space             E-step in log space, max-shifted, with a stable
                         log-sigmoid; an exact rewrite of the
                         same formulas                           [False]
+
+Departures of the released codes, each switchable; the paper's setting in
+brackets (notes/recipes.md):
+  activation_cost       'authors': the activation logit of google-research
+                        capsule_em (`_activation_logits`)       ['paper']
+  cost_scale            'ibm': the cost times 100 C / I, IBM's
+                        100 / (children per parent type)        ['none']
+  pose_damping          d: mu_j <- (1 - d) mu_j + d mu_j of the previous
+                        iteration (0 before the first), sigma_j^2 taken
+                        around the damped mu_j (authors: 0.1)    [0.0]
+  initial_assignments   'per_slot': R_ij = 1 / C in every slot, so a child
+                        in n parent positions sends n times its
+                        activation (authors)                    ['per_child']
 """
 
 import math
@@ -52,6 +65,15 @@ import tensorflow as tf
 # a position receives almost no mass, rounding noise in the costs is not
 # standardised into O(1) values with huge, Inf or NaN gradients.
 _COST_VARIANCE_FLOOR = 1e-4
+
+ACTIVATION_COSTS = ('paper', 'authors')
+COST_SCALES = ('none', 'ibm')
+INITIAL_ASSIGNMENTS = ('per_child', 'per_slot')
+
+# The authors' logit: H (1 + ln 2 pi) multiplies beta_v per pose component,
+# 5000 multiplies beta_a (google-research capsule_em, em_layers.py).
+_AUTHORS_BETA_V_SCALE = 1.0 + math.log(2.0 * math.pi)
+_AUTHORS_BETA_A_SCALE = 5000.0
 
 
 def _as_schedule(inverse_temperature):
@@ -87,7 +109,7 @@ def _component_sum(values, weights):
   return tf.squeeze(tf.matmul(values, weights[..., None]), axis=-1)
 
 
-def initial_assignments(activations, num_parent_types, child_ids=None):
+def uniform_assignments(activations, num_parent_types, child_ids=None):
   """R_ij = 1 / |parents of i|, spread evenly over every parent of each child.
 
   Args:
@@ -112,7 +134,9 @@ def initial_assignments(activations, num_parent_types, child_ids=None):
 
 def m_step(assignments, activations, votes, beta_v, beta_a,
            inverse_temperature, min_variance=0.0,
-           cost_standardization=False, vote_moments=None):
+           cost_standardization=False, vote_moments=None,
+           activation_cost='paper', cost_scale=1.0, pose_damping=0.0,
+           previous_poses=None):
   """M-STEP(a, R, V, j) for every parent j.
 
   Args:
@@ -127,10 +151,15 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
     vote_moments: None, or, when R_ij does not depend on j, a function
       w [N, P, I] -> (sum_i w_i V_ij^h, sum_i w_i (V_ij^h)^2) that computes
       the moments without the votes (nets.votes.vote_moments).
+    activation_cost: 'paper' or 'authors' (`_activation_logits`).
+    cost_scale: a factor on the cost (1, or IBM's 100 C / I).
+    pose_damping: d, the weight of `previous_poses` in mu_j.
+    previous_poses: mu_j of the previous iteration [N, P, C, H], or None
+      (zeros) at the first.
 
   Returns:
     poses mu_j^h [N, P, C, H], variances (sigma_j^h)^2 [N, P, C, H] and
-    activation logits lambda (beta_a - sum_h cost_j^h) [N, P, C].
+    activation logits [N, P, C], a_j = logistic(logits).
   """
   if vote_moments is None and not isinstance(votes, tf.Tensor):
     # Fused kernels: R_ij a_i and the three sums over i, the votes recomputed.
@@ -156,15 +185,62 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
       # E[V^2] - mu^2 >= 0 up to rounding, which the floor at zero removes.
       variances = tf.nn.relu(tf.math.divide_no_nan(second, mass) -
                              tf.square(poses))
+  if pose_damping:
+    # sum_i R_ij (V - mu')^2 / sum_i R_ij = variance + (mean - mu')^2.
+    damped = (1.0 - pose_damping) * poses
+    if previous_poses is not None:
+      damped += pose_damping * previous_poses
+    variances += tf.math.squared_difference(poses, damped)
+    poses = damped
   variances += min_variance
-  # cost^h = (beta_v + log sigma^h) sum_i R_ij, with log sigma = log(sigma^2)/2.
-  cost = (beta_v[:, None] + 0.5 * tf.math.log(variances)) * mass
-  cost = tf.reduce_sum(cost, axis=-1)  # sum_h cost^h [N, P, C]
+  logits = _activation_logits(mass, variances, beta_v, beta_a,
+                              inverse_temperature, activation_cost,
+                              cost_scale, cost_standardization)
+  return poses, variances, logits
+
+
+def _activation_logits(mass, variances, beta_v, beta_a, inverse_temperature,
+                       activation_cost, cost_scale, cost_standardization):
+  """The logit of a_j from the cost of explaining its children.
+
+  'paper':   cost_j = sum_h (beta_v + ln sigma_j^h) sum_i R_ij,
+             logit = lambda (beta_a - cost_j).
+  'authors': cost_j = sum_i R_ij (sum_h ln (sigma_j^h)^2
+                                  + H (1 + ln 2 pi) beta_v),
+             logit = lambda (-cost_j - 5000 beta_a); the paper's form with
+             lambda doubled, beta_v scaled by 1.42 and beta_a by -2500.
+
+  Args:
+    mass: sum_i R_ij a_i [N, P, C, 1].
+    variances: (sigma_j^h)^2 [N, P, C, H].
+    beta_v, beta_a: [C].
+    inverse_temperature: lambda.
+    activation_cost: 'paper' or 'authors'.
+    cost_scale: a factor on cost_j.
+    cost_standardization: standardise cost_j over the C types.
+
+  Returns:
+    [N, P, C].
+  """
+  if activation_cost == 'paper':
+    # cost^h = (beta_v + log sigma^h) sum_i R_ij, log sigma = log(sigma^2)/2.
+    cost = (beta_v[:, None] + 0.5 * tf.math.log(variances)) * mass
+    cost = tf.reduce_sum(cost, axis=-1)  # sum_h cost^h [N, P, C]
+    offset = beta_a
+  elif activation_cost == 'authors':
+    num_components = variances.shape[-1]
+    cost = mass[..., 0] * (
+        tf.reduce_sum(tf.math.log(variances), axis=-1) +
+        num_components * _AUTHORS_BETA_V_SCALE * beta_v)
+    offset = -_AUTHORS_BETA_A_SCALE * beta_a
+  else:
+    raise ValueError(f'activation_cost must be one of {ACTIVATION_COSTS}, '
+                     f'got {activation_cost!r}')
+  cost *= cost_scale
   if cost_standardization:
     mean, variance = tf.nn.moments(cost, axes=[-1], keepdims=True)
     cost = (cost - mean) * tf.math.rsqrt(variance + _COST_VARIANCE_FLOOR)
-  logits = inverse_temperature * (beta_a - cost)  # a_j = logistic(logits)
-  return poses, variances, logits
+  return inverse_temperature * (offset - cost)  # a_j = logistic(logits)
 
 
 def log_gaussian_density(votes, poses, variances):
@@ -268,10 +344,23 @@ def e_step(votes, poses, variances, logits, child_ids=None, log_space=False):
   return _normalize(a * tf.exp(log_p), child_ids)
 
 
+def cost_scale_factor(cost_scale, votes_shape):
+  """The factor on the cost: 1, or IBM's 100 / (I / C) for I child slots per
+  parent position and C parent types ('ibm')."""
+  if cost_scale == 'none':
+    return 1.0
+  if cost_scale == 'ibm':
+    return 100.0 * int(votes_shape[2]) / int(votes_shape[3])
+  raise ValueError(f'cost_scale must be one of {COST_SCALES}, got '
+                   f'{cost_scale!r}')
+
+
 def em_routing(votes, activations, beta_v, beta_a, iterations,
                inverse_temperature=1.0, child_ids=None, min_variance=0.0,
                cost_standardization=False, log_space=False,
-               vote_moments=None, trace=None):
+               vote_moments=None, trace=None, activation_cost='paper',
+               cost_scale='none', pose_damping=0.0,
+               initial_assignments='per_child'):
   """Procedure 1: routes votes to parents by EM.
 
   Args:
@@ -294,6 +383,9 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
       assignments R_ij its M-step used [N, P, C, I] and the variances
       (sigma_j^h)^2 it found [N, P, C, H] (diagnostics; nothing extra runs
       unless they are fetched).
+    activation_cost, cost_scale, pose_damping, initial_assignments: the
+      released codes' departures (see the module docstring); the defaults
+      are the paper's.
 
   Returns:
     poses mu_j [N, P, C, H], activations a_j [N, P, C] and the assignments
@@ -301,14 +393,22 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
   """
   if iterations < 1:
     raise ValueError(f'iterations must be >= 1, got {iterations}')
+  if initial_assignments not in INITIAL_ASSIGNMENTS:
+    raise ValueError(f'initial_assignments must be one of '
+                     f'{INITIAL_ASSIGNMENTS}, got {initial_assignments!r}')
   schedule = _as_schedule(inverse_temperature)
-  assignments = initial_assignments(activations, votes.shape[2], child_ids)
+  scale = cost_scale_factor(cost_scale, votes.shape)
+  assignments = uniform_assignments(
+      activations, votes.shape[2],
+      child_ids if initial_assignments == 'per_child' else None)
+  poses = None
   for t in range(iterations):
     with tf.name_scope(f'iteration_{t + 1}'):
       poses, variances, logits = m_step(
           assignments, activations, votes, beta_v, beta_a, schedule(t),
           min_variance, cost_standardization,
-          vote_moments if t == 0 else None)
+          vote_moments if t == 0 else None, activation_cost, scale,
+          pose_damping, poses)
       if trace is not None:
         trace.append({'assignments': assignments, 'variances': variances})
       if t < iterations - 1:
