@@ -321,7 +321,12 @@ def _routing_placeholders(problem):
   return _placeholders({k: problem[k] for k in ROUTING_INPUTS})
 
 
-SETTINGS = {'neutral': NEUTRAL, 'stabilised': STABILISED}
+# The authors' pose damping and per-slot R_0 change what the M-step does with
+# the kernels' moments.
+RELEASED = dict(min_variance=5e-4, log_space=True, pose_damping=0.1,
+                initial_assignments='per_slot')
+SETTINGS = {'neutral': NEUTRAL, 'stabilised': STABILISED,
+            'released': RELEASED}
 ROUTING_CASES = [(iterations, settings) for settings in SETTINGS
                  for iterations in (1, 2, 3)]
 
