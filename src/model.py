@@ -16,6 +16,7 @@ from nets import capsules
 from nets import decoder
 from nets import initializers
 from nets import layers
+from nets import losses
 from nets import receptive_fields
 from nets import routing as em
 from nets import schedules
@@ -138,6 +139,14 @@ class ModelConfig:
         fused_votes=fused_votes, activation_cost=self.activation_cost,
         cost_scale=self.cost_scale, pose_damping=self.pose_damping,
         initial_assignments=self.initial_assignments)
+
+  def largest_activation_gap(self):
+    """The largest spread-loss margin the class capsules can meet
+    (losses.largest_activation_gap at the class layer's last lambda)."""
+    routing = self.routing(lambda_scale=self.class_lambda_scale)
+    return losses.largest_activation_gap(
+        self.num_classes, routing.inverse_temperature(self.iterations - 1),
+        self.cost_standardization)
 
   def build(self, images, xla=False, vote_moments=True, fused_votes=True):
     """The network on images [N, H, W, channels].

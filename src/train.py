@@ -19,6 +19,7 @@ from absl import logging
 import tensorflow as tf
 
 import datasets
+import deployment as deployment_lib
 import experiments
 import model
 import runtime
@@ -38,7 +39,11 @@ flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
 flags.DEFINE_string('train_dir', 'runs/default',
                     'Checkpoints, summaries and model_config.json.')
 flags.DEFINE_string('gpu', '0', 'GPUs to use (visible_device_list), e.g. 0 '
-                    'or 0,1. Without a GPU the CPU is used.')
+                    'or 0,1; several train data-parallel, --batch_size being '
+                    'the global batch. Without a GPU the CPU is used.')
+flags.DEFINE_integer('cpu_replicas', 1, 'Split the CPU into this many '
+                     'logical devices and train data-parallel over them (a '
+                     'test of the multi-device path, not a speed-up).')
 flags.DEFINE_integer('batch_size', 24, 'Training batch size.')
 flags.DEFINE_integer('max_steps', 50000, 'Stop at this global step.')
 flags.DEFINE_integer('seed', None, 'Random seed (graph and input order).')
@@ -142,7 +147,14 @@ def _validate_flags():
   if not 0 <= FLAGS.margin_start <= FLAGS.margin_end:
     raise app.UsageError('need 0 <= --margin_start <= --margin_end')
   runtime.check_network_flags(FLAGS)
-  return runtime.checked_session_config(FLAGS)
+  session_config = runtime.checked_session_config(FLAGS)
+  try:
+    deployment = deployment_lib.from_flags(FLAGS.gpu, FLAGS.cpu_replicas)
+    deployment_lib.check_batch_size(deployment, FLAGS.batch_size)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  return deployment, deployment_lib.session_config(deployment,
+                                                   session_config)
 
 
 def _previous_config():
@@ -188,21 +200,51 @@ def _check_resumable(config, previous):
         f'({previous}); the flags ask for {config}. Use another --train_dir.')
 
 
+def _warn_if_margin_unreachable(config):
+  """The spread loss cannot reach zero if its margin exceeds what the class
+  activations can show (notes/em_routing.md)."""
+  gap = config.largest_activation_gap()
+  if FLAGS.margin_end >= gap:
+    logging.warning(
+        'The class activations can differ by at most %.3f here (%d classes, '
+        'lambda %g, cost standardisation), less than --margin_end=%g: the '
+        'loss cannot reach zero. Raise --final_lambda or lower '
+        '--margin_end.', gap, config.num_classes,
+        config.routing(lambda_scale=config.class_lambda_scale)
+        .inverse_temperature(config.iterations - 1), FLAGS.margin_end)
+
+
 def _train_config():
   return training.TrainConfig(**{
       field.name: FLAGS[field.name].value
       for field in dataclasses.fields(training.TrainConfig)})
 
 
-def build_training_graph(dataset, config):
-  """Input pipeline and training.build; see there for what it returns."""
+def build_training_graph(dataset, config, deployment):
+  """Input pipeline and training.build on every replica of the deployment.
+
+  Returns:
+    the scalars of training.build averaged over the replicas, with
+    'global_step' and 'train_op'; and an op to run once when the session
+    starts (None on one device).
+  """
   options = ({'augment': FLAGS.augment} if FLAGS.dataset == 'mnist' else
              {'split': FLAGS.smallnorb_split})
   data = dataset.train_input(runtime.data_dir(FLAGS.data_dir, FLAGS.dataset),
                              FLAGS.batch_size, seed=FLAGS.seed, **options)
-  images, labels = tf.compat.v1.data.make_one_shot_iterator(data).get_next()
-  return training.build(images, labels, config, _train_config(), FLAGS.xla,
-                        fused_votes=FLAGS.fused_votes)
+
+  def replica_step(images, labels, num_replicas):
+    outputs = training.build(images, labels, config, _train_config(),
+                             FLAGS.xla, fused_votes=FLAGS.fused_votes,
+                             num_replicas=num_replicas)
+    return {name: value for name, value in outputs.items()
+            if name not in ('activations', 'global_step')}
+
+  outputs, local_init_op = deployment_lib.build(deployment, data,
+                                                replica_step)
+  training.add_summaries(outputs)
+  outputs['global_step'] = tf.compat.v1.train.get_global_step()
+  return outputs, local_init_op
 
 
 class ProgressHook(tf.compat.v1.train.SessionRunHook):
@@ -260,14 +302,20 @@ def _record_start(step):
                         'argv': sys.argv}) + '\n')
 
 
-def train(config, dataset, session_config):
+def _scaffold(saver, local_init_op):
+  if local_init_op is None:
+    return tf.compat.v1.train.Scaffold(saver=saver)
+  return tf.compat.v1.train.Scaffold(saver=saver, local_init_op=tf.group(
+      tf.compat.v1.train.Scaffold.default_local_init_op(), local_init_op))
+
+
+def train(config, dataset, deployment, session_config):
   """Runs the training loop until --max_steps."""
   with tf.Graph().as_default():
     if FLAGS.seed is not None:
       tf.compat.v1.set_random_seed(FLAGS.seed)
-    graph = build_training_graph(dataset, config)
-    fetches = {k: v for k, v in graph.items()
-               if k not in ('train_op', 'activations')}
+    graph, local_init_op = build_training_graph(dataset, config, deployment)
+    fetches = {k: v for k, v in graph.items() if k != 'train_op'}
     saver = tf.compat.v1.train.Saver(max_to_keep=FLAGS.keep_checkpoint_max)
     hooks = [
         tf.compat.v1.train.StopAtStepHook(last_step=FLAGS.max_steps),
@@ -279,14 +327,15 @@ def train(config, dataset, session_config):
     ]
     with tf.compat.v1.train.MonitoredTrainingSession(
         checkpoint_dir=FLAGS.train_dir, hooks=hooks,
-        scaffold=tf.compat.v1.train.Scaffold(saver=saver),
+        scaffold=_scaffold(saver, local_init_op),
         save_checkpoint_secs=None, save_checkpoint_steps=None,
         save_summaries_steps=FLAGS.save_summaries_steps,
         log_step_count_steps=0, config=session_config) as session:
       start = session.run_step_fn(
           lambda step_context: step_context.session.run(graph['global_step']))
-      logging.info('Training from step %d to %d in %s.', start,
-                   FLAGS.max_steps, FLAGS.train_dir)
+      logging.info('Training from step %d to %d in %s on %s.', start,
+                   FLAGS.max_steps, FLAGS.train_dir,
+                   ', '.join(deployment.devices))
       _record_start(start)
       while not session.should_stop():
         session.run(graph['train_op'])
@@ -296,7 +345,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   _apply_experiment()
-  session_config = _validate_flags()
+  deployment, session_config = _validate_flags()
   dataset = datasets.get_dataset(FLAGS.dataset)
   previous = _previous_config()
   try:
@@ -305,10 +354,11 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   os.makedirs(FLAGS.train_dir, exist_ok=True)
   _check_resumable(config, previous)
+  _warn_if_margin_unreachable(config)
   config.save(FLAGS.train_dir)
   logging.info('Model: %s', config)
   try:
-    train(config, dataset, session_config)
+    train(config, dataset, deployment, session_config)
   except NonFiniteLossError as e:
     logging.error('Stopped: %s', e)
     raise SystemExit(1) from e

@@ -41,8 +41,8 @@ def _weight_decay_loss(weight_decay):
 
 
 def build(images, labels, model_config, train_config, xla=False,
-          vote_moments=True, fused_votes=True, network=None):
-  """Network, loss and train op on one batch.
+          vote_moments=True, fused_votes=True, network=None, num_replicas=1):
+  """Network, loss and train op on one batch, or on one replica's share.
 
   Args:
     images: [N, H, W, channels].
@@ -55,13 +55,16 @@ def build(images, labels, model_config, train_config, xla=False,
       in CPU kernels, never stored.
     network: None, or a function images -> (poses, activations) that
       replaces model_config.build (benchmark.py's naive reference).
+    num_replicas: replicas of this graph under a MirroredStrategy
+      (deployment.py), each on an equal share of the batch. Their gradients
+      are summed over the replicas before clipping, so the update is the
+      one a single device would make on the whole batch.
 
   Returns:
     dict of scalar tensors (loss, margin, learning_rate, gradient_norm,
     train_accuracy, global_step, and reconstruction_loss when the model
     reconstructs), class activations [N, classes] under
-    'activations' and the train op under 'train_op'. Scalar summaries of
-    the first five are added.
+    'activations' and the train op under 'train_op'.
   """
   global_step = tf.compat.v1.train.get_or_create_global_step()
   if network is None:
@@ -85,18 +88,48 @@ def build(images, labels, model_config, train_config, xla=False,
     loss += _weight_decay_loss(train_config.weight_decay)
   rate = learning_rate(train_config, global_step)
   optimizer = tf.compat.v1.train.AdamOptimizer(rate)
-  gradients, variables = zip(*optimizer.compute_gradients(loss))
+  gradients, variables = zip(*optimizer.compute_gradients(loss /
+                                                          num_replicas))
+  if num_replicas > 1:
+    gradients = _sum_over_replicas(gradients)
   gradient_norm = tf.linalg.global_norm(gradients)
   if train_config.clip_gradient_norm > 0:
     gradients, _ = tf.clip_by_global_norm(
         gradients, train_config.clip_gradient_norm, use_norm=gradient_norm)
-  train_op = optimizer.apply_gradients(zip(gradients, variables), global_step)
+  # The optimizer sums what the replicas apply: each applies 1/num_replicas.
+  train_op = optimizer.apply_gradients(
+      [(g / num_replicas, v) for g, v in zip(gradients, variables)],
+      global_step)
   accuracy = tf.reduce_mean(tf.cast(
       tf.equal(tf.argmax(activations, -1, output_type=tf.int32), labels),
       tf.float32))
   scalars.update(loss=loss, margin=margin, learning_rate=rate,
                  gradient_norm=gradient_norm, train_accuracy=accuracy)
-  for name, value in scalars.items():
-    tf.compat.v1.summary.scalar(name, value)
   return dict(scalars, global_step=global_step, activations=activations,
               train_op=train_op)
+
+
+def _sum_over_replicas(gradients):
+  """The gradient of the whole batch's mean loss, on every replica.
+
+  An all-reduce through merge_call: ReplicaContext.all_reduce is itself
+  differentiable, and its custom gradient looks the replicas' variables up
+  by names that MirroredStrategy does not register in graph mode.
+  """
+  def all_reduce(strategy, per_replica):
+    return strategy.extended.batch_reduce_to(
+        tf.distribute.ReduceOp.SUM, [(g, g) for g in per_replica])
+
+  return tf.distribute.get_replica_context().merge_call(
+      all_reduce, args=(list(gradients),))
+
+
+SUMMARIES = ('loss', 'reconstruction_loss', 'margin', 'learning_rate',
+             'gradient_norm', 'train_accuracy')
+
+
+def add_summaries(outputs):
+  """Scalar summaries of build's outputs (after averaging over replicas)."""
+  for name in SUMMARIES:
+    if name in outputs:
+      tf.compat.v1.summary.scalar(name, outputs[name])

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import model
 import nets
 import training
+from nets import losses
+from nets import routing as em
 from nets import schedules
 
 
@@ -145,3 +148,46 @@ def test_exponential_learning_rate_decay():
                      [0, 50, 100, 200])
   np.testing.assert_allclose(values, [1e-3, 1e-3 * 0.5 ** 0.5, 5e-4, 2.5e-4],
                              rtol=1e-5)
+
+
+def _class_layer_gap(votes, beta_a, inverse_temperature, target):
+  """min over i != t of a_t - a_i from one class layer, shared beta_a."""
+  num_classes = votes.shape[2]
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    _, activations, _ = em.em_routing(
+        tf.constant(votes), tf.ones([1, 1, votes.shape[3]]),
+        tf.zeros([num_classes]), tf.fill([num_classes], float(beta_a)), 1,
+        inverse_temperature=inverse_temperature, min_variance=1e-4,
+        cost_standardization=True, log_space=True)
+    a = session.run(activations)[0, 0]
+  return a[target] - np.delete(a, target).max()
+
+
+@pytest.mark.parametrize('inverse_temperature', [1.0, 2.0])
+def test_largest_activation_gap_is_what_the_routing_reaches(
+    inverse_temperature):
+  """Votes that agree perfectly for the target and spread alike for every
+  other class give the extreme standardised costs; the best shared beta_a
+  then reaches the bound, and random votes stay below it."""
+  rng = np.random.default_rng(0)
+  spread = rng.normal(size=(20, 16)).astype(np.float32)
+  votes = np.tile(spread[None, None, None], [1, 1, 10, 1, 1])
+  votes[0, 0, 3] = 0.5  # every child votes the same pose for class 3
+  bound = losses.largest_activation_gap(10, inverse_temperature, True)
+  best = max(_class_layer_gap(votes, beta_a, inverse_temperature, 3)
+             for beta_a in np.linspace(-3, 0, 61))
+  assert best == pytest.approx(bound, abs=2e-3)
+  for seed in range(3):
+    random_votes = np.random.default_rng(seed).normal(
+        size=(1, 1, 10, 20, 16)).astype(np.float32)
+    assert _class_layer_gap(random_votes, -1.0, inverse_temperature,
+                            0) < bound
+  assert losses.largest_activation_gap(10, 1.0, False) == 1.0
+
+
+def test_default_margin_is_reachable():
+  """The default configuration's loss can reach zero: its final margin is
+  below the largest gap its class activations can show (issue 9, 5c)."""
+  for dataset, num_classes in (('mnist', 10), ('smallnorb', 5)):
+    config = model.ModelConfig(dataset=dataset, num_classes=num_classes)
+    assert training.TrainConfig().margin_end < config.largest_activation_gap()
