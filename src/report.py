@@ -1,14 +1,21 @@
-"""Test accuracy against step and wall-clock time for a run, as markdown.
+"""Test accuracy against step and wall-clock time for runs, as markdown and
+as a plot.
 
   python src/report.py --train_dir=runs/mnist_default --target=0.99
+  python src/report.py --train_dir=runs/a --train_dir=runs/b --plot=ab.png
 
 Reads <train_dir>/starts.jsonl (written by train.py) and
-<train_dir>/eval_test/results.jsonl (written by tests.py). Wall-clock times
-are measured from the first start of train.py: "trained" is when the
-checkpoint was written, "known" when tests.py finished evaluating it.
-Prints the curve and the first checkpoint that reaches --target.
+<train_dir>/eval_test/results.jsonl (written by tests.py; or
+<train_dir>/results.jsonl, the layout of the runs kept in notes/runs).
+Wall-clock times are measured from the first start of train.py: "trained" is
+when the checkpoint was written, "known" when tests.py finished evaluating
+it. Prints, for each run, the curve and the first checkpoint that reaches
+--target. --plot also draws every run's test accuracy against step and
+against training time, in two panels of one figure (PNG, PDF or SVG, after
+the file's extension).
 """
 
+import collections
 import json
 import os
 
@@ -17,21 +24,84 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string('train_dir', 'runs/default', 'Directory of the run.')
-flags.DEFINE_string('eval_dir', None, 'Default <train_dir>/eval_test.')
+flags.DEFINE_multi_string('train_dir', ['runs/default'],
+                          'Directory of a run.')
+flags.DEFINE_string('eval_dir', None, 'Default <train_dir>/eval_test, else '
+                    '<train_dir>; only with a single --train_dir.')
 flags.DEFINE_float('target', 0.99, 'Accuracy whose first arrival to report.')
+flags.DEFINE_string('plot', None, 'Also draw the curves of every run into '
+                    'this image file (.png, .pdf or .svg).')
+
+EVAL_SUBDIR = 'eval_test'
+RESULTS_FILE = 'results.jsonl'
+STARTS_FILE = 'starts.jsonl'
+PLOT_FORMATS = ('png', 'pdf', 'svg')
+
+# A run as report.py reads it: its name in tables and legends, its
+# directory, the records of starts.jsonl and those of results.jsonl.
+Run = collections.namedtuple('Run', ['name', 'train_dir', 'starts',
+                                     'records'])
 
 
 def read_jsonl(path):
-  """The records of a JSON-lines file; a clear error if it is missing."""
+  """The records of a JSON-lines file; a clear error if it is missing,
+  malformed or empty."""
   if not os.path.exists(path):
     raise app.UsageError(f'{path} not found')
+  records = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise app.UsageError(f'{path}:{number} is not JSON: {e}') from e
+  if not records:
+    raise app.UsageError(f'{path} holds no records yet')
+  return records
+
+
+def results_path(train_dir, eval_dir=None):
+  """results.jsonl of a run: in eval_dir if given, else in
+  <train_dir>/eval_test where tests.py writes it, else in train_dir."""
+  if eval_dir:
+    return os.path.join(eval_dir, RESULTS_FILE)
+  path = os.path.join(train_dir, EVAL_SUBDIR, RESULTS_FILE)
+  kept = os.path.join(train_dir, RESULTS_FILE)
+  return kept if not os.path.exists(path) and os.path.exists(kept) else path
+
+
+def run_names(train_dirs):
+  """Names for the runs: their directories' base names, or, where two
+  share one, the paths as given."""
+  bases = [os.path.basename(os.path.normpath(d)) for d in train_dirs]
+  if len(set(bases)) == len(bases):
+    return bases
+  return [os.path.normpath(d) for d in train_dirs]
+
+
+def load_run(name, train_dir, eval_dir=None):
+  """Reads a run's starts and results.
+
+  Raises:
+    app.UsageError: the directory or one of its files is missing or empty.
+  """
+  if not os.path.isdir(train_dir):
+    raise app.UsageError(f'--train_dir {train_dir} does not exist')
+  return Run(name, train_dir,
+             read_jsonl(os.path.join(train_dir, STARTS_FILE)),
+             read_jsonl(results_path(train_dir, eval_dir)))
 
 
 def _minutes(seconds):
   return f'{max(seconds, 0.0) / 60:.1f}'
+
+
+def trained_seconds(record, start):
+  """Seconds from the first start of train.py to the checkpoint of
+  `record` (to its evaluation when the checkpoint time is unknown)."""
+  return (record.get('checkpoint_time') or record['time']) - start
 
 
 def curve_table(records, start):
@@ -53,29 +123,125 @@ def first_reaching(records, target):
   return min(hits, key=lambda r: r['step']) if hits else None
 
 
+def summary(run, target):
+  """The markdown table of a run and the lines that follow it."""
+  start = run.starts[0]['time']
+  lines = [curve_table(run.records, start)]
+  best = max(run.records, key=lambda r: r['accuracy'])
+  lines.append(f"\nbest: {best['accuracy']:.4f} at step {best['step']} "
+               f"({best['images_evaluated']} test images)")
+  if len(run.starts) > 1:
+    lines.append(f'train.py was (re)started {len(run.starts)} times; times '
+                 'include any pause between runs.')
+  hit = first_reaching(run.records, target)
+  if hit is None:
+    lines.append(f'{target:.4f} not reached.')
+  else:
+    lines.append(
+        f"first >= {target:.4f}: step {hit['step']}, accuracy "
+        f"{hit['accuracy']:.4f}, checkpoint written "
+        f'{_minutes(trained_seconds(hit, start))} min after the start, '
+        f"result known {_minutes(hit['time'] - start)} min after the start.")
+  return '\n'.join(lines)
+
+
+def curve(run):
+  """(steps, minutes trained, accuracies) of a run, by step."""
+  start = run.starts[0]['time']
+  records = sorted(run.records, key=lambda r: r['step'])
+  return ([r['step'] for r in records],
+          [max(trained_seconds(r, start), 0.0) / 60 for r in records],
+          [r['accuracy'] for r in records])
+
+
+def plot_format(path):
+  """The image format named by the extension of `path`.
+
+  Raises:
+    app.UsageError: the extension is not one of PLOT_FORMATS, or the
+      directory does not exist.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise app.UsageError(f'--plot {path}: directory {directory} does not '
+                         'exist')
+  extension = os.path.splitext(path)[1].lstrip('.').lower()
+  if extension not in PLOT_FORMATS:
+    raise app.UsageError(f'--plot {path}: name a .png, .pdf or .svg file')
+  return extension
+
+
+def draw(runs, target):
+  """A figure with two panels: test accuracy against step, and against
+  minutes of training; one line per run, a legend of run names, and the
+  target as a dotted line."""
+  # Imported here: the tables need no matplotlib. The Agg canvas draws
+  # without a display and leaves pyplot's global state alone.
+  # pylint: disable=import-outside-toplevel
+  from matplotlib import figure as figure_lib
+  from matplotlib.backends import backend_agg
+  # pylint: enable=import-outside-toplevel
+  figure = figure_lib.Figure(figsize=(11, 4.5), layout='constrained')
+  backend_agg.FigureCanvasAgg(figure)
+  by_step, by_time = figure.subplots(1, 2, sharey=True)
+  for run in runs:
+    steps, minutes, accuracies = curve(run)
+    by_step.plot(steps, accuracies, marker='.', label=run.name)
+    by_time.plot(minutes, accuracies, marker='.', label=run.name)
+  for axes, label in ((by_step, 'training step'),
+                      (by_time, 'training time (minutes since the first '
+                       'start)')):
+    axes.axhline(target, color='grey', linestyle=':', linewidth=1,
+                 label=f'target {target:g}')
+    axes.set_xlabel(label)
+    axes.grid(alpha=0.3)
+  by_step.set_ylabel('test accuracy')
+  by_step.set_title('against step')
+  by_time.set_title('against wall-clock time')
+  by_time.legend(loc='lower right')
+  return figure
+
+
+def save_atomically(figure, path, file_format):
+  """Writes the figure to `path`.tmp, then renames it into place, so that a
+  reader never sees half an image."""
+  temporary = path + '.tmp'
+  try:
+    with open(temporary, 'wb') as f:
+      figure.savefig(f, format=file_format, dpi=120)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
+def _runs():
+  """The runs of --train_dir, checked."""
+  train_dirs = FLAGS.train_dir
+  if FLAGS.eval_dir and len(train_dirs) > 1:
+    raise app.UsageError('--eval_dir needs a single --train_dir; the runs '
+                         'of several are read from <train_dir>/eval_test.')
+  return [load_run(name, train_dir, FLAGS.eval_dir)
+          for name, train_dir in zip(run_names(train_dirs), train_dirs)]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.train_dir, 'eval_test')
-  starts = read_jsonl(os.path.join(FLAGS.train_dir, 'starts.jsonl'))
-  records = read_jsonl(os.path.join(eval_dir, 'results.jsonl'))
-  start = starts[0]['time']
-  print(curve_table(records, start))
-  best = max(records, key=lambda r: r['accuracy'])
-  print(f"\nbest: {best['accuracy']:.4f} at step {best['step']} "
-        f"({best['images_evaluated']} test images)")
-  if len(starts) > 1:
-    print(f'train.py was (re)started {len(starts)} times; times include '
-          'any pause between runs.')
-  hit = first_reaching(records, FLAGS.target)
-  if hit is None:
-    print(f'{FLAGS.target:.4f} not reached.')
-    return
-  trained = hit.get('checkpoint_time') or hit['time']
-  print(f"first >= {FLAGS.target:.4f}: step {hit['step']}, accuracy "
-        f"{hit['accuracy']:.4f}, checkpoint written {_minutes(trained - start)}"
-        f" min after the start, result known {_minutes(hit['time'] - start)}"
-        ' min after the start.')
+  file_format = plot_format(FLAGS.plot) if FLAGS.plot else None
+  runs = _runs()
+  for k, run in enumerate(runs):
+    if len(runs) > 1:
+      print(('\n' if k else '') + f'## {run.name} ({run.train_dir})\n')
+    print(summary(run, FLAGS.target))
+  if FLAGS.plot:
+    try:
+      figure = draw(runs, FLAGS.target)
+    except ImportError as e:
+      raise app.UsageError('--plot needs matplotlib: pip install -r '
+                           f'requirements.txt ({e})') from e
+    save_atomically(figure, FLAGS.plot, file_format)
+    print(f'\nplot: {FLAGS.plot}')
 
 
 if __name__ == '__main__':

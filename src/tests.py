@@ -3,12 +3,15 @@
   python src/tests.py --train_dir=runs/mnist          # follow the run
   python src/tests.py --train_dir=runs/mnist --once   # latest checkpoint
 
-Evaluates the checkpoints already kept in --train_dir that it has not
-evaluated before, then waits for each new one; evaluates each on every test
+Started before train.py, it waits up to --timeout_secs for train.py to
+create --train_dir, its model_config.json and its first checkpoint. Then it
+evaluates the checkpoints already kept in --train_dir that it has not
+evaluated before, and waits for each new one; evaluates each on every test
 example, logs accuracy and per-class accuracy, writes them to TensorBoard
 (<eval_dir>) and appends one JSON line per checkpoint to
 <eval_dir>/results.jsonl. Stops after --timeout_secs without a new checkpoint.
-The network is rebuilt from <train_dir>/model_config.json.
+The network is rebuilt from <train_dir>/model_config.json. With --once it
+does not wait: the run must already have a checkpoint.
 """
 
 import itertools
@@ -44,9 +47,12 @@ flags.DEFINE_integer('smallnorb_crops', 1,
 flags.DEFINE_string('gpu', '1', 'GPUs to use (visible_device_list). Without '
                     'a GPU the CPU is used.')
 flags.DEFINE_integer('batch_size', 100, 'Evaluation batch size.')
-flags.DEFINE_bool('once', False, 'Evaluate the latest checkpoint and exit.')
+flags.DEFINE_bool('once', False, 'Evaluate the latest checkpoint and exit; '
+                  'fail at once if there is none.')
 flags.DEFINE_integer('timeout_secs', 1800,
-                     'Stop after this long without a new checkpoint.')
+                     'Stop after this long without a new checkpoint; at the '
+                     'start, give up after this long without a run of '
+                     'train.py in --train_dir.')
 flags.DEFINE_integer('min_interval_secs', 10,
                      'Poll the train_dir at most this often.')
 flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
@@ -122,15 +128,80 @@ def _checkpoints():
       FLAGS.train_dir, FLAGS.min_interval_secs, timeout=FLAGS.timeout_secs))
 
 
+def _missing(train_dir):
+  """What train.py has yet to write in train_dir before a checkpoint can be
+  evaluated, in words, or None when the run is there."""
+  if not os.path.isdir(train_dir):
+    return 'does not exist'
+  if not os.path.exists(os.path.join(train_dir, model.CONFIG_FILE)):
+    return f'has no {model.CONFIG_FILE}'
+  if tf.train.latest_checkpoint(train_dir) is None:
+    return 'has no checkpoint'
+  return None
+
+
+def wait_for_run(train_dir, timeout_secs, interval_secs):
+  """Waits for train.py to create train_dir, its model_config.json and its
+  first checkpoint, so that tests.py may be started first.
+
+  Logs once that it waits, not at every poll.
+
+  Args:
+    train_dir: the run's directory.
+    timeout_secs: how long to wait.
+    interval_secs: how often to look.
+
+  Returns:
+    None once the run is there, or what it still lacks after timeout_secs
+    (see _missing).
+  """
+  deadline = time.monotonic() + timeout_secs
+  missing = _missing(train_dir)
+  if missing is None:
+    return None
+  logging.info('%s %s yet; waiting up to %d s for train.py to write its '
+               'model_config.json and first checkpoint.', train_dir, missing,
+               timeout_secs)
+  while missing is not None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+      return missing
+    time.sleep(min(interval_secs, remaining))
+    missing = _missing(train_dir)
+  logging.info('Found the first checkpoint in %s.', train_dir)
+  return None
+
+
+def _await_run():
+  """Returns once --train_dir holds a run with a checkpoint.
+
+  Raises:
+    app.UsageError: with --once, --train_dir does not exist.
+    SystemExit: without --once, no run appeared within --timeout_secs.
+  """
+  if FLAGS.once:
+    if not os.path.isdir(FLAGS.train_dir):
+      raise app.UsageError(
+          f'--train_dir {FLAGS.train_dir} does not exist; start train.py '
+          'with the same --train_dir first (without --once, tests.py waits '
+          'for it).')
+    return
+  missing = wait_for_run(FLAGS.train_dir, FLAGS.timeout_secs,
+                         FLAGS.min_interval_secs)
+  if missing is not None:
+    logging.error('Gave up after %d s (--timeout_secs): --train_dir %s still '
+                  '%s. Start train.py with the same --train_dir, or raise '
+                  '--timeout_secs.', FLAGS.timeout_secs, FLAGS.train_dir,
+                  missing)
+    raise SystemExit(1)
+
+
 def _validate_flags():
   for name in ('batch_size', 'smallnorb_crops', 'min_interval_secs'):
     if FLAGS[name].value < 1:
       raise app.UsageError(f'--{name} must be >= 1, got {FLAGS[name].value}')
   if FLAGS.timeout_secs < 0:
     raise app.UsageError('--timeout_secs must be >= 0')
-  if not os.path.isdir(FLAGS.train_dir):
-    raise app.UsageError(f'--train_dir {FLAGS.train_dir} does not exist; '
-                         'start train.py with the same --train_dir first.')
   return runtime.checked_session_config(FLAGS)
 
 
@@ -138,6 +209,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   session_config = _validate_flags()
+  _await_run()
   try:
     config = model.ModelConfig.load(FLAGS.train_dir)
   except FileNotFoundError as e:

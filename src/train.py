@@ -44,6 +44,9 @@ flags.DEFINE_string('gpu', '0', 'GPUs to use (visible_device_list), e.g. 0 '
 flags.DEFINE_integer('cpu_replicas', 1, 'Split the CPU into this many '
                      'logical devices and train data-parallel over them (a '
                      'test of the multi-device path, not a speed-up).')
+flags.DEFINE_integer('step_timeout_secs', 600, 'Several machines (TF_CONFIG): '
+                     'a worker stops with an error when no step finishes in '
+                     'this time, e.g. because another worker died.')
 flags.DEFINE_integer('batch_size', 24, 'Training batch size.')
 flags.DEFINE_integer('max_steps', 50000, 'Stop at this global step.')
 flags.DEFINE_integer('seed', None, 'Random seed (graph and input order).')
@@ -133,6 +136,7 @@ def _apply_experiment():
 def _validate_flags():
   """Checks the flags; returns the session config they describe."""
   for name in ('batch_size', 'iterations', 'max_steps', 'log_every_n_steps',
+               'step_timeout_secs',
                'save_summaries_steps', 'save_checkpoint_steps',
                'margin_ramp_steps', 'learning_rate_decay_steps',
                'keep_checkpoint_max'):
@@ -220,13 +224,11 @@ def _train_config():
       for field in dataclasses.fields(training.TrainConfig)})
 
 
-def build_training_graph(dataset, config, deployment):
+def build_training_graph(dataset, config, deployment, strategy):
   """Input pipeline and training.build on every replica of the deployment.
 
   Returns:
-    the scalars of training.build averaged over the replicas, with
-    'global_step' and 'train_op'; and an op to run once when the session
-    starts (None on one device).
+    a deployment.TrainStep.
   """
   options = ({'augment': FLAGS.augment} if FLAGS.dataset == 'mnist' else
              {'split': FLAGS.smallnorb_split})
@@ -240,11 +242,9 @@ def build_training_graph(dataset, config, deployment):
     return {name: value for name, value in outputs.items()
             if name not in ('activations', 'global_step')}
 
-  outputs, local_init_op = deployment_lib.build(deployment, data,
-                                                replica_step)
-  training.add_summaries(outputs)
-  outputs['global_step'] = tf.compat.v1.train.get_global_step()
-  return outputs, local_init_op
+  step = deployment_lib.build(deployment, strategy, data, replica_step)
+  training.add_summaries(step.summaries)
+  return step
 
 
 class ProgressHook(tf.compat.v1.train.SessionRunHook):
@@ -309,36 +309,62 @@ def _scaffold(saver, local_init_op):
       tf.compat.v1.train.Scaffold.default_local_init_op(), local_init_op))
 
 
+def _hooks(step, deployment, saver):
+  """Every worker stops at --max_steps and logs; the chief checkpoints."""
+  fetches = dict(step.outputs, global_step=step.global_step)
+  del fetches['train_op']
+  hooks = [
+      tf.compat.v1.train.StopAtStepHook(last_step=FLAGS.max_steps),
+      ProgressHook(fetches, FLAGS.log_every_n_steps, FLAGS.batch_size,
+                   FLAGS.max_steps, FLAGS.train_dir),
+  ]
+  if deployment.is_chief:
+    hooks.append(tf.compat.v1.train.CheckpointSaverHook(
+        FLAGS.train_dir, save_steps=FLAGS.save_checkpoint_steps,
+        saver=saver, save_graph_def=False))
+  return hooks
+
+
 def train(config, dataset, deployment, session_config):
   """Runs the training loop until --max_steps."""
+  strategy = deployment_lib.make_strategy(deployment)
+  master, session_config = deployment_lib.start_server(
+      deployment, strategy, session_config)
+  watchdog = None
+  if deployment.multi_worker:
+    watchdog = deployment_lib.Watchdog(
+        FLAGS.step_timeout_secs,
+        f'No training step finished in {FLAGS.step_timeout_secs} s: another '
+        'worker has probably stopped. The last checkpoint in '
+        f'{FLAGS.train_dir} is intact; start every worker again to resume.')
   with tf.Graph().as_default():
     if FLAGS.seed is not None:
       tf.compat.v1.set_random_seed(FLAGS.seed)
-    graph, local_init_op = build_training_graph(dataset, config, deployment)
-    fetches = {k: v for k, v in graph.items() if k != 'train_op'}
+    step = build_training_graph(dataset, config, deployment, strategy)
     saver = tf.compat.v1.train.Saver(max_to_keep=FLAGS.keep_checkpoint_max)
-    hooks = [
-        tf.compat.v1.train.StopAtStepHook(last_step=FLAGS.max_steps),
-        ProgressHook(fetches, FLAGS.log_every_n_steps, FLAGS.batch_size,
-                     FLAGS.max_steps, FLAGS.train_dir),
-        tf.compat.v1.train.CheckpointSaverHook(
-            FLAGS.train_dir, save_steps=FLAGS.save_checkpoint_steps,
-            saver=saver, save_graph_def=False),
-    ]
+    hooks = _hooks(step, deployment, saver) + ([watchdog] if watchdog else [])
+    if watchdog:
+      watchdog.start()
+    # Every worker initialises or restores from the shared --train_dir
+    # (is_chief=True); only the chief saves.
     with tf.compat.v1.train.MonitoredTrainingSession(
-        checkpoint_dir=FLAGS.train_dir, hooks=hooks,
-        scaffold=_scaffold(saver, local_init_op),
+        master=master, is_chief=True, checkpoint_dir=FLAGS.train_dir,
+        hooks=hooks, scaffold=_scaffold(saver, step.local_init_op),
         save_checkpoint_secs=None, save_checkpoint_steps=None,
-        save_summaries_steps=FLAGS.save_summaries_steps,
-        log_step_count_steps=0, config=session_config) as session:
+        save_summaries_steps=(FLAGS.save_summaries_steps
+                              if deployment.is_chief else None),
+        save_summaries_secs=None, log_step_count_steps=0,
+        stop_grace_period_secs=5, config=session_config) as session:
       start = session.run_step_fn(
-          lambda step_context: step_context.session.run(graph['global_step']))
+          lambda step_context: step_context.session.run(step.global_step))
       logging.info('Training from step %d to %d in %s on %s.', start,
-                   FLAGS.max_steps, FLAGS.train_dir,
-                   ', '.join(deployment.devices))
-      _record_start(start)
+                   FLAGS.max_steps, FLAGS.train_dir, deployment.describe())
+      if deployment.is_chief:
+        _record_start(start)
       while not session.should_stop():
-        session.run(graph['train_op'])
+        session.run(step.outputs['train_op'])
+  if watchdog:
+    watchdog.stop()
 
 
 def main(argv):
@@ -355,7 +381,8 @@ def main(argv):
   os.makedirs(FLAGS.train_dir, exist_ok=True)
   _check_resumable(config, previous)
   _warn_if_margin_unreachable(config)
-  config.save(FLAGS.train_dir)
+  if deployment.is_chief:
+    config.save(FLAGS.train_dir)
   logging.info('Model: %s', config)
   try:
     train(config, dataset, deployment, session_config)

@@ -1,9 +1,13 @@
 """Data-parallel training (src/deployment.py) on logical CPU devices: the
 replicas run on their devices and together make the single-device update."""
 
+import json
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,14 +24,38 @@ STEPS = 3
 
 
 def test_from_flags():
-  two = deployment.from_flags('0', 2)
+  two = deployment.from_flags('0', 2, tf_config='')
   assert two.devices == ('/cpu:0', '/cpu:1') and two.cpu_replicas == 2
-  assert deployment.from_flags('0', 1, num_gpus=0).num_replicas == 1
-  assert deployment.from_flags('0,1', 1, num_gpus=0).num_replicas == 1
-  assert deployment.from_flags('2,3', 1, num_gpus=4).devices == (
+  assert deployment.from_flags('0', 1, num_gpus=0, tf_config='').num_replicas == 1
+  assert deployment.from_flags('0,1', 1, num_gpus=0, tf_config='').num_replicas == 1
+  assert deployment.from_flags('2,3', 1, num_gpus=4, tf_config='').devices == (
       '/gpu:0', '/gpu:1')
   with pytest.raises(ValueError, match='cpu_replicas'):
     deployment.from_flags('0', 0)
+
+
+def _tf_config(index, workers=('127.0.0.1:1', '127.0.0.1:2'), **extra):
+  return json.dumps({'cluster': dict({'worker': list(workers)}, **extra),
+                     'task': {'type': 'worker', 'index': index}})
+
+
+def test_from_tf_config():
+  second = deployment.from_flags('0', 1, num_gpus=0, tf_config=_tf_config(1))
+  assert second.multi_worker and not second.is_chief
+  assert second.num_replicas == 2 and second.describe().startswith(
+      'worker 1 of 2')
+  assert deployment.from_flags('0', 1, num_gpus=0,
+                               tf_config=_tf_config(0)).is_chief
+  lone = deployment.from_flags('0', 1, num_gpus=0,
+                               tf_config=_tf_config(0, ['127.0.0.1:1']))
+  assert not lone.multi_worker
+  for bad, message in ((_tf_config(2), 'task index'),
+                       (_tf_config(0, ps=['h:1']), 'only "worker"'),
+                       ('{"cluster": {}}', 'TF_CONFIG'), ('nonsense', 'TF_CONFIG')):
+    with pytest.raises(ValueError, match=message):
+      deployment.from_flags('0', 1, num_gpus=0, tf_config=bad)
+  with pytest.raises(ValueError, match='cannot be combined'):
+    deployment.from_flags('0', 2, tf_config=_tf_config(0))
 
 
 def test_batch_must_split_evenly():
@@ -57,7 +85,9 @@ def _train(setup, checkpoint, save):
 
   with tf.Graph().as_default() as graph:
     tf.compat.v1.set_random_seed(0)
-    outputs, local_init_op = deployment.build(setup, _dataset(), replica_step)
+    step = deployment.build(setup, deployment.make_strategy(setup),
+                            _dataset(), replica_step)
+    outputs, local_init_op = step.outputs, step.local_init_op
     saver = tf.compat.v1.train.Saver()
     session_config = deployment.session_config(
         setup, tf.compat.v1.ConfigProto(allow_soft_placement=True))
@@ -124,3 +154,97 @@ def test_train_py_refuses_a_batch_that_does_not_split(tmp_path):
   assert result.returncode != 0
   assert 'multiple of 3' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(('127.0.0.1', 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def _start_workers(train_dir, *args):
+  """Two train.py workers on 127.0.0.1; their Popen objects, chief first."""
+  workers = [f'127.0.0.1:{port}' for port in _free_ports(2)]
+  processes = []
+  for index in range(2):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+               TF_CONFIG=_tf_config(index, workers))
+    processes.append(subprocess.Popen(
+        [sys.executable, 'src/train.py', '--A=4', '--B=3', '--C=3', '--D=3',
+         '--batch_size=4', '--save_checkpoint_steps=2', '--gpu=0',
+         '--log_every_n_steps=1', f'--train_dir={train_dir}', '--seed=1',
+         '--step_timeout_secs=30', *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True))
+  return processes
+
+
+def _finish(processes, timeout=300):
+  """Waits for every process (killing all at the timeout): outputs, codes."""
+  outputs, codes = [], []
+  for process in processes:
+    try:
+      outputs.append(process.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+      for p in processes:
+        p.kill()
+      raise
+    codes.append(process.returncode)
+  return outputs, codes
+
+
+def _losses(output):
+  return dict(re.findall(r'step (\d+)  loss ([0-9.]+)', output))
+
+
+def _needs_mnist():
+  if not os.path.exists(os.path.join(REPO, 'data', 'mnist')):
+    pytest.skip('real MNIST files not found')
+
+
+def test_two_workers_train_together_and_resume(tmp_path):
+  """Both workers log the same losses; the chief alone writes checkpoints
+  and starts.jsonl; both resume from the shared directory."""
+  _needs_mnist()
+  train_dir = str(tmp_path / 'run')
+  outputs, codes = _finish(_start_workers(train_dir, '--max_steps=4'))
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert _losses(outputs[0]) == _losses(outputs[1]) != {}
+  assert 'worker 1 of 2' in outputs[1]
+  assert tf.train.latest_checkpoint(train_dir).endswith('-4')
+  outputs, codes = _finish(_start_workers(train_dir, '--max_steps=6'))
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert 'from step 4 to 6' in outputs[1]
+  assert tf.train.latest_checkpoint(train_dir).endswith('-6')
+  with open(os.path.join(train_dir, 'starts.jsonl')) as f:
+    assert [json.loads(line)['step'] for line in f] == [0, 4]
+
+
+def test_a_dead_worker_stops_the_other_and_the_run_resumes(tmp_path):
+  """Worker 1 is killed after the first checkpoint: the chief stops within
+  its step timeout with a message and the threads' stacks, not a hang;
+  the run then resumes on one machine from the last checkpoint."""
+  _needs_mnist()
+  train_dir = str(tmp_path / 'run')
+  chief, worker = _start_workers(train_dir, '--max_steps=100000')
+  deadline = time.monotonic() + 240
+  while tf.train.latest_checkpoint(train_dir) in (None,) or \
+      tf.train.latest_checkpoint(train_dir).endswith('-0'):
+    assert time.monotonic() < deadline and chief.poll() is None, 'no checkpoint'
+    time.sleep(1)
+  worker.kill()
+  killed_at = time.monotonic()
+  outputs, codes = _finish([chief, worker], timeout=120)
+  assert codes[0] == 3, outputs[0][-3000:]
+  assert time.monotonic() - killed_at < 90
+  assert 'another worker has probably stopped' in outputs[0]
+  assert 'Thread' in outputs[0]  # faulthandler's stacks
+  last = int(tf.train.latest_checkpoint(train_dir).rsplit('-', 1)[1])
+  resumed = _train_py(f'--train_dir={train_dir}', f'--max_steps={last + 2}',
+                      '--seed=1')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'from step {last} to {last + 2}' in resumed.stderr

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -266,12 +267,77 @@ def test_evaluate_empty_directory_fails(tmp_path):
   assert not (tmp_path / 'eval_test' / 'results.jsonl').exists()
 
 
-def test_evaluate_missing_directory_fails(tmp_path):
+def test_evaluate_once_missing_directory_fails(tmp_path):
+  """--once does not wait for train.py: it fails at once."""
   missing = tmp_path / 'missing'
   result = _run('tests.py', '--train_dir=' + str(missing), '--once',
-                '--gpu=0')
-  _failed(result, str(missing), 'does not exist')
+                '--gpu=0', '--timeout_secs=600', timeout=60)
+  _failed(result, str(missing), 'does not exist',
+          'without --once, tests.py waits')
+  assert 'waiting' not in result.stderr
   assert not missing.exists()
+
+
+def test_follow_waits_for_a_missing_run_then_gives_up(tmp_path):
+  """Started before train.py, tests.py says once that it waits, polls,
+  and fails with a message when --timeout_secs passes without a run."""
+  missing = tmp_path / 'missing'
+  start = time.monotonic()
+  result = _run('tests.py', '--train_dir=' + str(missing), '--gpu=0',
+                '--timeout_secs=3', '--min_interval_secs=1', timeout=60)
+  assert time.monotonic() - start >= 3
+  _failed(result, f'{missing} does not exist yet; waiting up to 3 s',
+          f'Gave up after 3 s (--timeout_secs): --train_dir {missing} still '
+          'does not exist')
+  assert result.stderr.count('waiting up to') == 1
+  assert not missing.exists()
+
+
+def _wait_for_text(path, text, timeout_secs):
+  """Polls the file at `path` until it contains `text`; False on timeout."""
+  deadline = time.monotonic() + timeout_secs
+  while time.monotonic() < deadline:
+    if path.exists() and text in path.read_text():
+      return True
+    time.sleep(0.5)
+  return False
+
+
+def test_follow_started_before_train_evaluates_the_run(data_dir, tmp_path):
+  """tests.py started first waits; train.py then creates the run, and
+  tests.py evaluates its checkpoints (steps 0 and 2)."""
+  train_dir = tmp_path / 'train'
+  log = tmp_path / 'tests.log'
+  results = train_dir / 'eval_test' / 'results.jsonl'
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  with open(log, 'w') as stderr:
+    follower = subprocess.Popen(
+        [sys.executable, os.path.join('src', 'tests.py'),
+         '--train_dir=' + str(train_dir), '--data_dir=' + data_dir,
+         '--gpu=0', '--xla=false', '--batch_size=1000',
+         '--timeout_secs=90', '--min_interval_secs=1'],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+  try:
+    assert _wait_for_text(log, 'does not exist yet; waiting', 60), (
+        log.read_text()[-3000:])
+    _succeeded(_run('train.py', '--train_dir=' + str(train_dir),
+                    '--data_dir=' + data_dir, '--A=4', '--B=3', '--C=3',
+                    '--D=3', '--max_steps=2', '--gpu=0', '--xla=false'))
+    assert _wait_for_text(results, '"step": 2,', 90), log.read_text()[-3000:]
+    assert follower.poll() is None, log.read_text()[-3000:]  # still following
+  finally:
+    follower.terminate()
+    try:
+      follower.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      follower.kill()
+      follower.wait()
+  output = log.read_text()
+  assert output.count('waiting up to') == 1, output[-3000:]
+  assert f'Found the first checkpoint in {train_dir}' in output
+  records = _lines(results)
+  assert [r['step'] for r in records] == [0, 2]
+  assert all(r['images_evaluated'] == 10000 for r in records)
 
 
 def test_evaluate_with_corrupt_data_fails(run, data_dir, tmp_path):

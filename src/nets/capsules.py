@@ -11,6 +11,7 @@ C = D = 16.
 import tensorflow as tf
 
 from nets import layers
+from nets import shapes
 
 
 def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
@@ -38,7 +39,7 @@ def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
   Returns:
     poses [N, num_classes, 4, 4] and activations [N, num_classes].
   """
-  channels = inputs.shape[-1]
+  channels = shapes.static_size(inputs, -1, 'capsules_v0')
   with tf.compat.v1.variable_scope(name):
     net = layers.conv2d(inputs, [5, 5, channels, a], [1, 2, 2, 1],
                         padding=conv1_padding,

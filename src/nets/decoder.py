@@ -11,12 +11,14 @@ import math
 
 import tensorflow as tf
 
+from nets import shapes
+
 HIDDEN_UNITS = (512, 1024)
 
 
 def _dense(inputs, units, activation_fn, name):
   """[N, fan_in] -> [N, units]."""
-  fan_in = inputs.shape[-1]
+  fan_in = shapes.static_size(inputs, -1, name)
   with tf.compat.v1.variable_scope(name):
     weights = tf.compat.v1.get_variable(
         'weights', [fan_in, units], tf.float32,
@@ -34,13 +36,15 @@ def reconstruct(poses, classes, image_shape, name='decoder'):
   Args:
     poses: class capsule poses [N, J, 4, 4].
     classes: int [N], the capsule to keep for each example.
-    image_shape: (H, W, channels) of the images.
+    image_shape: (H, W, channels) of the images: ints, or a static shape
+      such as images.shape[1:].
     name: variable scope.
 
   Returns:
     reconstructions [N, H, W, channels].
   """
-  num_classes = poses.shape[1]
+  num_classes = shapes.static_size(poses, 1, name)
+  image_shape = shapes.as_ints(image_shape, 'image_shape')
   mask = tf.one_hot(classes, num_classes, dtype=poses.dtype)  # [N, J]
   masked = tf.reshape(poses, [-1, num_classes, 16]) * mask[..., None]
   net = tf.reshape(masked, [-1, num_classes * 16])
@@ -48,4 +52,4 @@ def reconstruct(poses, classes, image_shape, name='decoder'):
     for k, units in enumerate(HIDDEN_UNITS):
       net = _dense(net, units, tf.nn.relu, f'fc{k + 1}')
     pixels = _dense(net, math.prod(image_shape), None, 'pixels')
-  return tf.reshape(pixels, [-1] + list(image_shape))
+  return tf.reshape(pixels, [-1] + image_shape)

@@ -30,6 +30,7 @@ import tempfile
 from absl import logging
 import tensorflow as tf
 
+from nets import shapes
 from nets import votes as votes_lib
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kernels',
@@ -157,9 +158,10 @@ class FusedVotes:
     """Args: poses M_i [N, P, I, 4, 4]; transforms W_ij [I, C, 4, 4]."""
     self._poses = poses
     self._transforms = transforms
-    self.shape = tf.TensorShape(
-        poses.shape[:2] + [transforms.shape[1], transforms.shape[0],
-                           votes_lib.POSE_SIZE ** 2])
+    num_slots, num_out = shapes.static_sizes(transforms, [0, 1],
+                                             'FusedVotes')
+    self.shape = poses.shape[:2].concatenate(
+        [num_out, num_slots, votes_lib.POSE_SIZE ** 2])
 
   def moments(self, assignments, activations):
     """sum_i R_ij a_i, sum_i R_ij a_i V_ij^h and sum_i R_ij a_i (V_ij^h -

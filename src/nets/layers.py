@@ -19,6 +19,7 @@ from nets import fused_votes
 from nets import initializers
 from nets import routing as em
 from nets import receptive_fields
+from nets import shapes
 from nets import votes as votes_lib
 
 Initialization = initializers.Initialization
@@ -103,6 +104,7 @@ def conv2d(inputs, shape, strides, padding='VALID', activation_fn=tf.nn.relu,
   Returns:
     [N, OH, OW, out_channels].
   """
+  shape = shapes.as_ints(shape, 'conv2d shape')
   with tf.compat.v1.variable_scope(name):
     fan_in = shape[0] * shape[1] * shape[2]
     weights = _variable('weights', shape, weights_init, fan_in, shape[3])
@@ -133,9 +135,11 @@ def capsules_init(inputs, shape, strides, padding='VALID',
   Returns:
     poses [N, OH, OW, B, 4, 4] and activations [N, OH, OW, B].
   """
+  shape = shapes.as_ints(shape, 'capsules_init shape')
+  pose_shape = shapes.as_ints(pose_shape, 'capsules_init pose_shape')
   num_types = shape[-1]
   pose_size = pose_shape[0] * pose_shape[1]
-  kernel = list(shape[:-1])
+  kernel = shape[:-1]
   with tf.compat.v1.variable_scope(name):
     poses = conv2d(inputs, kernel + [num_types * pose_size], strides, padding,
                    activation_fn=None, weights_init=init.primary_poses,
@@ -215,12 +219,14 @@ def capsules_conv(inputs, shape, strides, iterations, routing=Routing(),
     poses [N, OH, OW, C, 4, 4] and activations [N, OH, OW, C].
   """
   poses, activations = inputs
-  kernel_size, kernel_width, num_in, num_out = shape
+  kernel_size, kernel_width, num_in, num_out = shapes.as_ints(
+      shape, 'capsules_conv shape')
+  strides = shapes.as_ints(strides, 'capsules_conv strides')
   stride = strides[1]
   if kernel_width != kernel_size or strides[2] != stride:
     raise ValueError(f'capsules_conv needs a square kernel and equal strides, '
                      f'got shape {shape} and strides {strides}')
-  height, width = poses.shape[1], poses.shape[2]
+  height, width = shapes.static_sizes(poses, [1, 2], 'capsules_conv')
   out_height = receptive_fields.output_size(height, kernel_size, stride)
   out_width = receptive_fields.output_size(width, kernel_size, stride)
   indices = receptive_fields.patch_indices(height, width, kernel_size,
@@ -278,7 +284,8 @@ def capsules_fc(inputs, num_classes, iterations, coordinate_addition=True,
     poses [N, J, 4, 4] and activations [N, J].
   """
   poses, activations = inputs
-  height, width, num_in = poses.shape[1], poses.shape[2], poses.shape[3]
+  height, width, num_in = shapes.static_sizes(poses, [1, 2, 3],
+                                              'capsules_fc')
   positions = height * width
   with tf.compat.v1.variable_scope(name):
     transforms = _transform_variable(

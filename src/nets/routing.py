@@ -60,6 +60,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from nets import shapes
+
 # Floor on the variance of the costs over parent types (a standard deviation
 # of 0.01 in cost units, far below real spreads): where every parent type at
 # a position receives almost no mass, rounding noise in the costs is not
@@ -121,7 +123,8 @@ def uniform_assignments(activations, num_parent_types, child_ids=None):
   Returns:
     [N, P, C, I].
   """
-  slots = np.ones(activations.shape[1:], np.float32)
+  slots = np.ones(shapes.static_sizes(activations, [1, 2], 'EM routing'),
+                  np.float32)
   if child_ids is not None:
     slots_per_child = np.bincount(child_ids.ravel())
     slots = slots_per_child[child_ids].astype(np.float32)
@@ -228,7 +231,7 @@ def _activation_logits(mass, variances, beta_v, beta_a, inverse_temperature,
     cost = tf.reduce_sum(cost, axis=-1)  # sum_h cost^h [N, P, C]
     offset = beta_a
   elif activation_cost == 'authors':
-    num_components = variances.shape[-1]
+    num_components = shapes.static_size(variances, -1, 'the M-step')
     cost = mass[..., 0] * (
         tf.reduce_sum(tf.math.log(variances), axis=-1) +
         num_components * _AUTHORS_BETA_V_SCALE * beta_v)
@@ -257,7 +260,7 @@ def log_gaussian_density(votes, poses, variances):
   Returns:
     [N, P, C, I].
   """
-  num_components = variances.shape[-1]
+  num_components = shapes.static_size(variances, -1, 'the E-step')
   if isinstance(votes, tf.Tensor):
     squared_deviations = tf.math.squared_difference(votes,
                                                     poses[..., None, :])
@@ -399,7 +402,7 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
   schedule = _as_schedule(inverse_temperature)
   scale = cost_scale_factor(cost_scale, votes.shape)
   assignments = uniform_assignments(
-      activations, votes.shape[2],
+      activations, shapes.static_size(votes, 2, 'EM routing'),
       child_ids if initial_assignments == 'per_child' else None)
   poses = None
   for t in range(iterations):

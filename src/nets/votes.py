@@ -14,6 +14,8 @@ iteration the vote tensor is then never computed at all.
 
 import tensorflow as tf
 
+from nets import shapes
+
 POSE_SIZE = 4
 
 
@@ -31,7 +33,7 @@ def compute_votes(poses, transforms):
   Returns:
     votes [N, P, C, I, 16].
   """
-  num_slots, num_out = transforms.shape[0], transforms.shape[1]
+  num_slots, num_out = shapes.static_sizes(transforms, [0, 1], 'votes')
   batch_shape = tf.shape(poses)[:2]
   rows = tf.reshape(tf.transpose(poses, [2, 0, 1, 3, 4]),
                     [num_slots, -1, POSE_SIZE])  # [I, N*P*4, 4]
@@ -94,7 +96,7 @@ def _contract(left, right):
   Returns:
     [N, P, C, 16].
   """
-  num_slots, num_out, depth = right.shape[0], right.shape[1], right.shape[2]
+  num_slots, num_out, depth = shapes.static_sizes(right, [0, 1, 2], 'votes')
   batch_shape = tf.shape(left)[:2]
   rows = tf.reshape(tf.transpose(left, [0, 1, 3, 2, 4]),
                     [-1, num_slots * depth])  # [N*P*4, I*K]
