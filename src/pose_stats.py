@@ -9,8 +9,22 @@ the standard deviation across the images of that class (averaged over
 classes): a pose that hardly varies within a class carries no
 instantiation parameters for a decoder to use. When the run trains the
 reconstruction decoder, it prints the decoder's summed squared pixel error
-beside the error of the best input-blind guess, each class's mean image.
+beside the error of the best input-blind guess, each class's mean image,
+and with --figures_dir draws
+
+  reconstructions.png  the first test image of each class and its
+                       reconstruction;
+  perturbations.png    the reconstruction of the first test image as each
+                       of the 16 pose entries is moved by -2 ... +2 times
+                       its standard deviation over the images, the others
+                       fixed (after Sabour et al. 2017, Figure 4, which
+                       moves capsule entries by -0.25 ... 0.25; the scale
+                       of our poses is learned, hence the standard
+                       deviations).
 """
+
+import os
+
 
 from absl import app
 from absl import flags
@@ -19,12 +33,17 @@ import tensorflow as tf
 
 import datasets
 import evaluation
+import figures
 import model
 import runtime
 
 FLAGS = flags.FLAGS
 
 runtime.define_checkpoint_flags()
+flags.DEFINE_string('figures_dir', None, 'Draw reconstructions.png and '
+                    'perturbations.png here (runs with a decoder).')
+
+PERTURBATIONS = np.linspace(-2.0, 2.0, 9)  # in standard deviations
 
 
 def _run_network(config, session_config, checkpoint):
@@ -60,6 +79,46 @@ def _run_network(config, session_config, checkpoint):
           values.get('reconstructions'))
 
 
+def _decode(config, session_config, checkpoint, poses, classes, image_shape):
+  """Reconstructions [M, H, W, C] from class poses [M, 16] of `classes`
+  [M], with the decoder variables of the checkpoint."""
+  num_classes = config.num_classes
+  with tf.Graph().as_default():
+    poses_t = tf.constant(np.eye(num_classes, dtype=np.float32)[
+        classes][:, :, None] * poses[:, None, :])  # [M, J, 16]
+    images = config.reconstruct(tf.reshape(poses_t, [-1, num_classes, 4, 4]),
+                                tf.constant(classes), image_shape)
+    saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables())
+    with tf.compat.v1.Session(config=session_config) as session:
+      saver.restore(session, checkpoint)
+      return session.run(images)
+
+
+def _draw_figures(config, session_config, checkpoint, images, labels, poses):
+  """reconstructions.png and perturbations.png in --figures_dir."""
+  os.makedirs(FLAGS.figures_dir, exist_ok=True)
+  firsts = [int(np.flatnonzero(labels == k)[0]) for k in np.unique(labels)]
+  reconstructions = _decode(config, session_config, checkpoint,
+                            poses[firsts], labels[firsts], images.shape[1:])
+  grid = np.stack([images[firsts], reconstructions])
+  figures.save_atomically(figures.image_grid(
+      grid, ['image', 'decoded'], [str(labels[i]) for i in firsts],
+      'first test image of each class and its reconstruction'),
+      os.path.join(FLAGS.figures_dir, 'reconstructions.png'))
+  spread = poses.std(axis=0)  # [16]
+  steps = PERTURBATIONS[None, :, None] * np.diag(spread)[:, None, :]
+  perturbed = (poses[0][None, None, :] + steps).reshape(-1, 16).astype(
+      np.float32)
+  decoded = _decode(config, session_config, checkpoint, perturbed,
+                    np.full(len(perturbed), labels[0]), images.shape[1:])
+  figures.save_atomically(figures.image_grid(
+      decoded.reshape((16, len(PERTURBATIONS)) + images.shape[1:]),
+      [f'entry {h}' for h in range(16)],
+      [f'{d:+g} sd' for d in PERTURBATIONS],
+      f'test image 0 (a {labels[0]}): one pose entry moved at a time'),
+      os.path.join(FLAGS.figures_dir, 'perturbations.png'))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -78,6 +137,13 @@ def main(argv):
         images, evaluation.class_means(images, labels))
     print('reconstruction error (summed squares per image): decoder '
           f'{decoder:.2f}, class-mean image {class_mean:.2f}')
+    if FLAGS.figures_dir:
+      _draw_figures(config, session_config, checkpoint, images, labels,
+                    poses)
+      print(f'figures: {FLAGS.figures_dir}')
+  elif FLAGS.figures_dir:
+    raise app.UsageError(f'{FLAGS.train_dir} has no decoder '
+                         '(--reconstruction_weight=0): nothing to draw.')
 
 
 if __name__ == '__main__':

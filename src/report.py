@@ -22,6 +22,8 @@ import os
 from absl import app
 from absl import flags
 
+import figures
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_multi_string('train_dir', ['runs/default'],
@@ -35,7 +37,6 @@ flags.DEFINE_string('plot', None, 'Also draw the curves of every run into '
 EVAL_SUBDIR = 'eval_test'
 RESULTS_FILE = 'results.jsonl'
 STARTS_FILE = 'starts.jsonl'
-PLOT_FORMATS = ('png', 'pdf', 'svg')
 
 # A run as report.py reads it: its name in tables and legends, its
 # directory, the records of starts.jsonl and those of results.jsonl.
@@ -154,35 +155,11 @@ def curve(run):
           [r['accuracy'] for r in records])
 
 
-def plot_format(path):
-  """The image format named by the extension of `path`.
-
-  Raises:
-    app.UsageError: the extension is not one of PLOT_FORMATS, or the
-      directory does not exist.
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    raise app.UsageError(f'--plot {path}: directory {directory} does not '
-                         'exist')
-  extension = os.path.splitext(path)[1].lstrip('.').lower()
-  if extension not in PLOT_FORMATS:
-    raise app.UsageError(f'--plot {path}: name a .png, .pdf or .svg file')
-  return extension
-
-
 def draw(runs, target):
   """A figure with two panels: test accuracy against step, and against
   minutes of training; one line per run, a legend of run names, and the
   target as a dotted line."""
-  # Imported here: the tables need no matplotlib. The Agg canvas draws
-  # without a display and leaves pyplot's global state alone.
-  # pylint: disable=import-outside-toplevel
-  from matplotlib import figure as figure_lib
-  from matplotlib.backends import backend_agg
-  # pylint: enable=import-outside-toplevel
-  figure = figure_lib.Figure(figsize=(11, 4.5), layout='constrained')
-  backend_agg.FigureCanvasAgg(figure)
+  figure = figures.new_figure((11, 4.5))
   by_step, by_time = figure.subplots(1, 2, sharey=True)
   for run in runs:
     steps, minutes, accuracies = curve(run)
@@ -202,19 +179,6 @@ def draw(runs, target):
   return figure
 
 
-def save_atomically(figure, path, file_format):
-  """Writes the figure to `path`.tmp, then renames it into place, so that a
-  reader never sees half an image."""
-  temporary = path + '.tmp'
-  try:
-    with open(temporary, 'wb') as f:
-      figure.savefig(f, format=file_format, dpi=120)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-
-
 def _runs():
   """The runs of --train_dir, checked."""
   train_dirs = FLAGS.train_dir
@@ -228,7 +192,7 @@ def _runs():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  file_format = plot_format(FLAGS.plot) if FLAGS.plot else None
+  file_format = figures.file_format(FLAGS.plot) if FLAGS.plot else None
   runs = _runs()
   for k, run in enumerate(runs):
     if len(runs) > 1:
@@ -240,7 +204,7 @@ def main(argv):
     except ImportError as e:
       raise app.UsageError('--plot needs matplotlib: pip install -r '
                            f'requirements.txt ({e})') from e
-    save_atomically(figure, FLAGS.plot, file_format)
+    figures.save_atomically(figure, FLAGS.plot, file_format)
     print(f'\nplot: {FLAGS.plot}')
 
 
