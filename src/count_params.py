@@ -1,7 +1,9 @@
-"""Prints the trainable parameters of capsules_v0, layer by layer.
+"""Prints the trainable parameters of capsules_v0 or the cnn_baseline, layer
+by layer.
 
   python src/count_params.py                            # the paper's network
   python src/count_params.py --A=64 --B=8 --C=16 --D=16 # its small network
+  python src/count_params.py --model=cnn_baseline --dataset=mnist40
 """
 
 import collections
@@ -22,6 +24,10 @@ runtime.define_network_flags()
 flags.DEFINE_float('reconstruction_weight', 0.0, '> 0 counts the decoder.')
 flags.DEFINE_enum('conv1_padding', None, list(model.PADDINGS),
                   'ReLU Conv1 padding; default that of the dataset.')
+flags.DEFINE_enum('model', 'capsules', list(model.MODELS), 'Network.')
+flags.DEFINE_integer('cnn_channels', 32, 'cnn_baseline: first convolution\'s '
+                     'channels.')
+flags.DEFINE_integer('cnn_hidden', 1024, 'cnn_baseline: hidden units.')
 
 
 def count(config, image_shape):
@@ -43,16 +49,23 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   runtime.check_network_flags(FLAGS)
   dataset = datasets.get_dataset(FLAGS.dataset)
-  config = model.ModelConfig(
-      dataset=FLAGS.dataset, num_classes=dataset.NUM_CLASSES, a=FLAGS.A,
-      b=FLAGS.B, c=FLAGS.C, d=FLAGS.D,
-      reconstruction_weight=FLAGS.reconstruction_weight,
-      conv1_padding=(FLAGS.conv1_padding or
-                     model.default_conv1_padding(FLAGS.dataset)))
-  grids = config.geometry(*dataset.IMAGE_SHAPE[:2])
-  print(f'geometry ({config.conv1_padding} ReLU Conv1): ' + ' -> '.join(
-      f'{name} {h}x{w}' for name, h, w in grids) +
-        f' -> class_caps ({grids[-1][1] * grids[-1][2] * config.d} children)')
+  try:
+    config = model.ModelConfig(
+        dataset=FLAGS.dataset, num_classes=dataset.NUM_CLASSES, a=FLAGS.A,
+        b=FLAGS.B, c=FLAGS.C, d=FLAGS.D,
+        reconstruction_weight=FLAGS.reconstruction_weight,
+        conv1_padding=(FLAGS.conv1_padding or
+                       model.default_conv1_padding(FLAGS.dataset)),
+        model=FLAGS.model, cnn_channels=FLAGS.cnn_channels,
+        cnn_hidden=FLAGS.cnn_hidden)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if config.model == 'capsules':
+    grids = config.geometry(*dataset.IMAGE_SHAPE[:2])
+    print(f'geometry ({config.conv1_padding} ReLU Conv1): ' + ' -> '.join(
+        f'{name} {h}x{w}' for name, h, w in grids) +
+          f' -> class_caps ({grids[-1][1] * grids[-1][2] * config.d} '
+          'children)')
   counts = count(config, tuple(dataset.IMAGE_SHAPE))
   for scope, n in counts.items():
     print(f'{scope:45s} {n:>9,d}')

@@ -12,7 +12,8 @@ of its model_config.json and writes a SavedModel with one signature,
                standardised by tf.image.per_image_standardization
   classes      int64 [N], the most active class capsule
   activations  float32 [N, J], the J class capsules' activations
-  poses        float32 [N, J, 4, 4], their poses
+  poses        float32 [N, J, 4, 4], their poses (not for a cnn_baseline
+               run, whose activations are its softmax probabilities)
 
 It loads in any TensorFlow 2 program, eager, with no code from here:
 
@@ -127,14 +128,15 @@ def _write_record(path, config, checkpoint, image_shape):
   """Writes `path`/assets.extra/export.json: where the SavedModel comes
   from and what it expects."""
   os.makedirs(os.path.join(path, os.path.dirname(EXTRA_FILE)))
+  outputs = {'classes': ['N'], 'activations': ['N', config.num_classes]}
+  if config.model == 'capsules':
+    outputs['poses'] = ['N', config.num_classes, 4, 4]
   runtime.write_json(os.path.join(path, EXTRA_FILE), {
       'checkpoint': os.path.abspath(checkpoint),
       'model_config': dataclasses.asdict(config),
       'signature': SIGNATURE,
       'inputs': {INPUT: ['N'] + list(image_shape)},
-      'outputs': {'classes': ['N'],
-                  'activations': ['N', config.num_classes],
-                  'poses': ['N', config.num_classes, 4, 4]},
+      'outputs': outputs,
   }, indent=2, sort_keys=True)
 
 
@@ -237,11 +239,12 @@ def main(argv):
     if os.path.exists(temporary):
       shutil.rmtree(temporary)
   height, width, channels = probe.shape[1:]
+  poses = (f', poses float32 [N, {config.num_classes}, 4, 4]'
+           if config.model == 'capsules' else '')
   print(f'exported {checkpoint} to {FLAGS.export_dir}\n'
         f'  signature {SIGNATURE}: images float32 [N, {height}, {width}, '
         f'{channels}] -> classes int64 [N], activations float32 '
-        f'[N, {config.num_classes}], poses float32 '
-        f'[N, {config.num_classes}, 4, 4]')
+        f'[N, {config.num_classes}]{poses}')
   return 0
 
 

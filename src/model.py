@@ -11,8 +11,11 @@ import json
 import math
 import os
 
+import tensorflow as tf
+
 import runtime
 from nets import capsules
+from nets import cnn_baseline
 from nets import decoder
 from nets import initializers
 from nets import layers
@@ -23,12 +26,16 @@ from nets import schedules
 
 CONFIG_FILE = 'model_config.json'
 PADDINGS = ('VALID', 'SAME')
+# 'capsules': the network of the paper's Figure 1; 'cnn_baseline': the
+# convolutional baseline of the robustness comparisons (nets/cnn_baseline.py).
+MODELS = ('capsules', 'cnn_baseline')
 
 
 def default_conv1_padding(dataset):
-  """SAME on MNIST (28 -> 14 -> 6 -> 4, the TF 1.4 reference's network),
-  VALID elsewhere (the paper's 32 -> 14 -> 6 -> 4 on smallNORB crops)."""
-  return 'SAME' if dataset == 'mnist' else 'VALID'
+  """SAME on MNIST (28 -> 14 -> 6 -> 4, the TF 1.4 reference's network) and
+  on its 40x40 canvas (40 -> 20 -> 9 -> 7), VALID elsewhere (the paper's
+  32 -> 14 -> 6 -> 4 on smallNORB crops)."""
+  return 'SAME' if dataset in ('mnist', 'mnist40') else 'VALID'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +64,12 @@ class ModelConfig:
       released codes' routing departures (nets/routing.py).
     class_lambda_scale: multiplies the class capsules' inverse temperature
       (the authors' code: 1/4).
+    model: one of MODELS. With 'cnn_baseline' the network is
+      nets/cnn_baseline.py, sized by cnn_channels and cnn_hidden, and the
+      capsule fields above are unused.
+    cnn_channels: the baseline's first convolution's channels (the second
+      has twice as many).
+    cnn_hidden: units of the baseline's fully connected hidden layer.
   Fields added after the first runs default to what those runs trained.
   """
   dataset: str = 'mnist'
@@ -80,6 +93,9 @@ class ModelConfig:
   pose_damping: float = 0.0
   initial_assignments: str = 'per_child'
   class_lambda_scale: float = 1.0
+  model: str = 'capsules'
+  cnn_channels: int = 32
+  cnn_hidden: int = 1024
 
   def __post_init__(self):
     for name in ('num_classes', 'iterations', 'a', 'b', 'c', 'd'):
@@ -109,6 +125,20 @@ class ModelConfig:
     if self.class_lambda_scale <= 0:
       raise ValueError(f'class_lambda_scale must be > 0, got '
                        f'{self.class_lambda_scale}')
+    self._check_model()
+
+  def _check_model(self):
+    """Raises ValueError for an unknown model or a baseline that cannot be."""
+    if self.model not in MODELS:
+      raise ValueError(f'model must be one of {MODELS}, got {self.model!r}')
+    for name in ('cnn_channels', 'cnn_hidden'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+    if self.model == 'cnn_baseline' and self.reconstruction_weight > 0:
+      raise ValueError(
+          'reconstruction_weight must be 0 with model cnn_baseline: the '
+          'decoder reconstructs from class capsule poses, which the CNN '
+          f'does not have (got {self.reconstruction_weight})')
 
   def geometry(self, height, width):
     """(layer, height, width) of the grids, from the input's to the last
@@ -148,7 +178,8 @@ class ModelConfig:
         self.num_classes, routing.inverse_temperature(self.iterations - 1),
         self.cost_standardization)
 
-  def build(self, images, xla=False, vote_moments=True, fused_votes=True):
+  def build(self, images, xla=False, vote_moments=True, fused_votes=True,
+            training=False):
     """The network on images [N, H, W, channels].
 
     Args:
@@ -158,10 +189,15 @@ class ModelConfig:
       fused_votes: M- and E-steps of the ConvCaps layers with votes
         recomputed in CPU kernels, never stored (nets/fused_votes.py).
       These change the speed, not the maths (notes/performance.md).
+      training: the training graph (the baseline's dropout); the capsule
+        network is the same either way.
 
     Returns:
-      poses [N, num_classes, 4, 4] and activations [N, num_classes].
+      poses [N, num_classes, 4, 4] and activations [N, num_classes]; for
+      the cnn_baseline, None and the softmax probabilities.
     """
+    if self.model == 'cnn_baseline':
+      return None, tf.nn.softmax(self.logits(images, training))
     return capsules.capsules_v0(
         images, self.num_classes, self.iterations,
         self.routing(xla, vote_moments, fused_votes),
@@ -171,6 +207,15 @@ class ModelConfig:
         class_routing=self.routing(xla, vote_moments, fused_votes,
                                    self.class_lambda_scale),
         init=initializers.get(self.initialization))
+
+  def logits(self, images, training=False):
+    """The cnn_baseline's class logits [N, num_classes] (its loss needs
+    them; `build` gives their softmax)."""
+    if self.model != 'cnn_baseline':
+      raise ValueError(f'logits: model {self.model!r} has no logits')
+    return cnn_baseline.cnn_baseline(
+        images, self.num_classes, self.cnn_channels, self.cnn_hidden,
+        training)
 
   def reconstruct(self, poses, classes, image_shape):
     """Images [N, H, W, channels] from the poses [N, J, 4, 4] of `classes`."""

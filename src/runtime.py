@@ -12,6 +12,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
 DATA_ROOT = 'data'
+# Datasets made from another's files, which they share.
+_MADE_FROM = {'mnist40': 'mnist'}
 
 
 def session_config(gpu, intra_op_threads=0, inter_op_threads=0,
@@ -120,7 +122,9 @@ def checked_checkpoint_flags(values, load_config):
     (session config, the run's model config, the checkpoint's path).
 
   Raises:
-    app.UsageError: a flag is invalid, or the run or checkpoint is missing.
+    app.UsageError: a flag is invalid, the run or checkpoint is missing, or
+      the run is not of the capsule network (both scripts examine its
+      capsules).
   """
   for name in ('num_images', 'batch_size'):
     if values[name].value < 1:
@@ -130,6 +134,9 @@ def checked_checkpoint_flags(values, load_config):
     config = load_config(values.train_dir)
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from e
+  if config.model != 'capsules':
+    raise app.UsageError(f'{values.train_dir} holds a {config.model} run, '
+                         'which has no capsules to examine.')
   return session_config, config, checkpoint_path(values.train_dir,
                                                  values.step)
 
@@ -150,5 +157,7 @@ def check_network_flags(values):
 
 
 def data_dir(flag_value, dataset):
-  """The data directory: the flag if given, else data/<dataset>."""
-  return flag_value or os.path.join(DATA_ROOT, dataset)
+  """The data directory: the flag if given, else data/<dataset>, or the
+  directory of the files the dataset is made from (mnist40: data/mnist)."""
+  return flag_value or os.path.join(DATA_ROOT,
+                                    _MADE_FROM.get(dataset, dataset))

@@ -65,14 +65,18 @@ def outputs(config, images, fused_votes):
   Returns:
     {'classes': int64 [N], the most active class capsule;
      'activations': float32 [N, J], the class capsules' activations;
-     'poses': float32 [N, J, 4, 4], their poses}, each named as its key.
+     'poses': float32 [N, J, 4, 4], their poses}, each named as its key;
+    for a cnn_baseline run no poses, and its softmax probabilities as the
+    activations.
   """
   poses, activations = config.build(images, xla=False, vote_moments=True,
                                     fused_votes=fused_votes)
   classes = tf.argmax(activations, axis=-1, output_type=tf.int64)
-  return {'classes': tf.identity(classes, name='classes'),
-          'activations': tf.identity(activations, name='activations'),
-          'poses': tf.identity(poses, name='poses')}
+  named = {'classes': tf.identity(classes, name='classes'),
+           'activations': tf.identity(activations, name='activations')}
+  if poses is not None:
+    named['poses'] = tf.identity(poses, name='poses')
+  return named
 
 
 def restore(session, checkpoint, train_dir):

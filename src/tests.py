@@ -2,6 +2,7 @@
 
   python src/tests.py --train_dir=runs/mnist          # follow the run
   python src/tests.py --train_dir=runs/mnist --once   # latest checkpoint
+  python src/tests.py --train_dir=runs/mnist40 --once --test_set=affnist
 
 Started before train.py, it waits up to --timeout_secs for train.py to
 create --train_dir, its model_config.json and its first checkpoint. Then it
@@ -11,7 +12,9 @@ example, logs accuracy and per-class accuracy, writes them to TensorBoard
 (<eval_dir>) and appends one JSON line per checkpoint to
 <eval_dir>/results.jsonl. Stops after --timeout_secs without a new checkpoint.
 The network is rebuilt from <train_dir>/model_config.json. With --once it
-does not wait: the run must already have a checkpoint.
+does not wait: the run must already have a checkpoint. --test_set=affnist
+evaluates a run on the 40x40 canvas (--dataset=mnist40) on the affNIST-style
+test set of datasets/affnist.py instead, into <train_dir>/eval_affnist.
 """
 
 import itertools
@@ -33,14 +36,17 @@ import runtime
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string('train_dir', 'runs/default', 'Directory of the run.')
-flags.DEFINE_string('eval_dir', None,
-                    'Where results go; default <train_dir>/eval_test.')
+flags.DEFINE_string('eval_dir', None, 'Where results go; default '
+                    '<train_dir>/eval_<test_set>, e.g. eval_test.')
 flags.DEFINE_enum('dataset', None, sorted(datasets.DATASETS),
                   'Dataset; default: the one the run trains on.')
 flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
                     'data/<dataset>.')
 flags.DEFINE_enum('smallnorb_split', 'full', ['full', 'azimuth', 'elevation'],
                   'smallNORB viewpoint split.')
+flags.DEFINE_enum('test_set', 'test', ['test', 'affnist'],
+                  "test: the dataset's test set; affnist: the affNIST-style "
+                  'test set (runs on the 40x40 canvas, mnist40, only).')
 flags.DEFINE_integer('smallnorb_crops', 1,
                      'smallNORB: average class activations over this many '
                      'crops (1 = the central crop).')
@@ -205,6 +211,23 @@ def _validate_flags():
   return runtime.checked_session_config(FLAGS)
 
 
+def _eval_options(dataset_name):
+  """The keyword options of the dataset's eval_input that the flags give.
+
+  Raises:
+    app.UsageError: --test_set=affnist for a dataset other than mnist40.
+  """
+  if FLAGS.test_set != 'test' and dataset_name != 'mnist40':
+    raise app.UsageError(
+        f'--test_set={FLAGS.test_set} is a 40x40 test set: for runs on '
+        f'--dataset=mnist40, not {dataset_name}.')
+  if dataset_name == 'mnist40':
+    return {'test_set': FLAGS.test_set}
+  if dataset_name == 'smallnorb':
+    return {'split': FLAGS.smallnorb_split, 'crops': FLAGS.smallnorb_crops}
+  return {}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -220,9 +243,9 @@ def main(argv):
     raise app.UsageError(
         f'{FLAGS.train_dir} has {config.num_classes} classes but '
         f'--dataset={dataset_name} has {dataset.NUM_CLASSES}.')
-  options = ({} if dataset_name == 'mnist' else
-             {'split': FLAGS.smallnorb_split, 'crops': FLAGS.smallnorb_crops})
-  eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.train_dir, 'eval_test')
+  options = _eval_options(dataset_name)
+  eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.train_dir,
+                                            'eval_' + FLAGS.test_set)
   os.makedirs(eval_dir, exist_ok=True)
   try:
     evaluator = evaluation.Evaluator(config, dataset,

@@ -80,6 +80,13 @@ flags.DEFINE_float('class_lambda_scale', 1.0, 'Factor on the class '
                    "capsules' inverse temperature (the authors' code: 1/4).")
 flags.DEFINE_float('reconstruction_weight', 0.0,
                    'Weight of the reconstruction loss (0 = no decoder).')
+flags.DEFINE_enum('model', 'capsules', list(model.MODELS),
+                  'capsules (the paper\'s network, spread loss) or '
+                  'cnn_baseline (nets/cnn_baseline.py, cross-entropy).')
+flags.DEFINE_integer('cnn_channels', 32, 'cnn_baseline: channels of its '
+                     'first convolution (the second has twice as many).')
+flags.DEFINE_integer('cnn_hidden', 1024, 'cnn_baseline: units of its fully '
+                     'connected hidden layer.')
 # Optimisation.
 flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate.')
 flags.DEFINE_float('learning_rate_decay_rate', 1.0,
@@ -150,6 +157,9 @@ def _validate_flags():
       raise app.UsageError(f'--{name} must be >= 0, got {FLAGS[name].value}')
   if not 0 <= FLAGS.margin_start <= FLAGS.margin_end:
     raise app.UsageError('need 0 <= --margin_start <= --margin_end')
+  if FLAGS.augment and FLAGS.dataset != 'mnist':
+    raise app.UsageError('--augment shifts MNIST digits (--dataset=mnist); '
+                         'mnist40 places every digit at random anyway.')
   runtime.check_network_flags(FLAGS)
   session_config = runtime.checked_session_config(FLAGS)
   try:
@@ -193,7 +203,8 @@ def _model_config(num_classes, previous):
       activation_cost=FLAGS.activation_cost, cost_scale=FLAGS.cost_scale,
       pose_damping=FLAGS.pose_damping,
       initial_assignments=FLAGS.initial_assignments,
-      class_lambda_scale=FLAGS.class_lambda_scale)
+      class_lambda_scale=FLAGS.class_lambda_scale, model=FLAGS.model,
+      cnn_channels=FLAGS.cnn_channels, cnn_hidden=FLAGS.cnn_hidden)
 
 
 def _check_resumable(config, previous):
@@ -207,6 +218,8 @@ def _check_resumable(config, previous):
 def _warn_if_margin_unreachable(config):
   """The spread loss cannot reach zero if its margin exceeds what the class
   activations can show (notes/em_routing.md)."""
+  if config.model != 'capsules':
+    return
   gap = config.largest_activation_gap()
   if FLAGS.margin_end >= gap:
     logging.warning(
@@ -230,8 +243,8 @@ def build_training_graph(dataset, config, deployment, strategy):
   Returns:
     a deployment.TrainStep.
   """
-  options = ({'augment': FLAGS.augment} if FLAGS.dataset == 'mnist' else
-             {'split': FLAGS.smallnorb_split})
+  options = {'mnist': {'augment': FLAGS.augment}, 'mnist40': {},
+             'smallnorb': {'split': FLAGS.smallnorb_split}}[FLAGS.dataset]
   data = dataset.train_input(runtime.data_dir(FLAGS.data_dir, FLAGS.dataset),
                              FLAGS.batch_size, seed=FLAGS.seed, **options)
 
@@ -281,9 +294,11 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
     eta = (self._max_steps - step) * seconds / steps
     reconstruction = (f"  reconstruction {values['reconstruction_loss']:.2f}"
                       if 'reconstruction_loss' in values else '')
+    margin = (f"  margin {values['margin']:.3f}" if 'margin' in values
+              else '')  # the cnn_baseline has none
     logging.info(
-        'step %d  loss %.4f  margin %.3f  lr %.2e  |g| %.3f  train acc %.3f%s'
-        '  %.1f images/s  ETA %s', step, values['loss'], values['margin'],
+        'step %d  loss %.4f%s  lr %.2e  |g| %.3f  train acc %.3f%s'
+        '  %.1f images/s  ETA %s', step, values['loss'], margin,
         values['learning_rate'], values['gradient_norm'],
         values['train_accuracy'], reconstruction, rate, _duration(eta))
     self._last = (step, now)

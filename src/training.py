@@ -1,6 +1,8 @@
 """The training graph, shared by train.py and benchmark.py: spread loss with
-its margin schedule, optional reconstruction loss and weight decay, Adam with
-optional exponential learning-rate decay and gradient-norm clipping."""
+its margin schedule (the capsule network) or softmax cross-entropy (the
+cnn_baseline), optional reconstruction loss (capsules only) and weight
+decay, Adam with optional exponential learning-rate decay and gradient-norm
+clipping."""
 
 import dataclasses
 
@@ -61,22 +63,29 @@ def build(images, labels, model_config, train_config, xla=False,
       one a single device would make on the whole batch.
 
   Returns:
-    dict of scalar tensors (loss, margin, learning_rate, gradient_norm,
-    train_accuracy, global_step, and reconstruction_loss when the model
-    reconstructs), class activations [N, classes] under
+    dict of scalar tensors (loss, learning_rate, gradient_norm,
+    train_accuracy, global_step; margin for the capsule network, and
+    reconstruction_loss when it reconstructs), class activations
+    [N, classes] (the cnn_baseline's softmax probabilities) under
     'activations' and the train op under 'train_op'.
   """
   global_step = tf.compat.v1.train.get_or_create_global_step()
-  if network is None:
-    poses, activations = model_config.build(images, xla, vote_moments,
-                                             fused_votes)
-  else:
-    poses, activations = network(images)
-  margin = schedules.margin(global_step, train_config.margin_schedule,
-                            train_config.margin_start, train_config.margin_end,
-                            train_config.margin_ramp_steps)
-  loss = losses.spread_loss(labels, activations, margin)
   scalars = {}
+  if network is None and model_config.model == 'cnn_baseline':
+    logits = model_config.logits(images, training=True)
+    activations = tf.nn.softmax(logits)
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=logits))
+  else:
+    if network is None:
+      poses, activations = model_config.build(images, xla, vote_moments,
+                                               fused_votes, training=True)
+    else:
+      poses, activations = network(images)
+    scalars['margin'] = schedules.margin(
+        global_step, train_config.margin_schedule, train_config.margin_start,
+        train_config.margin_end, train_config.margin_ramp_steps)
+    loss = losses.spread_loss(labels, activations, scalars['margin'])
   if model_config.reconstruction_weight > 0:
     reconstructions = model_config.reconstruct(poses, labels,
                                                images.shape[1:])
@@ -103,8 +112,8 @@ def build(images, labels, model_config, train_config, xla=False,
   accuracy = tf.reduce_mean(tf.cast(
       tf.equal(tf.argmax(activations, -1, output_type=tf.int32), labels),
       tf.float32))
-  scalars.update(loss=loss, margin=margin, learning_rate=rate,
-                 gradient_norm=gradient_norm, train_accuracy=accuracy)
+  scalars.update(loss=loss, learning_rate=rate, gradient_norm=gradient_norm,
+                 train_accuracy=accuracy)
   return dict(scalars, global_step=global_step, activations=activations,
               train_op=train_op)
 

@@ -263,7 +263,7 @@ def test_eval_input_keeps_partial_last_batch(tiny):
 
 def test_get_dataset():
   assert datasets.get_dataset('mnist') is mnist
-  with pytest.raises(ValueError, match='mnist, smallnorb'):
+  with pytest.raises(ValueError, match='mnist, mnist40, smallnorb'):
     datasets.get_dataset('cifar10')
   for module in datasets.DATASETS.values():
     assert isinstance(module.NUM_CLASSES, int)

@@ -6,9 +6,10 @@ eval_input(data_dir, batch_size, **options) -> (dataset, num_examples).
 """
 
 from datasets import mnist
+from datasets import mnist40
 from datasets import smallnorb
 
-DATASETS = {'mnist': mnist, 'smallnorb': smallnorb}
+DATASETS = {'mnist': mnist, 'mnist40': mnist40, 'smallnorb': smallnorb}
 
 
 def get_dataset(name):
