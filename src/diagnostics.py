@@ -4,10 +4,12 @@ Every capsule layer leaves a `layers.LayerTrace` in the graph. From it, per
 batch, in the graph:
 
   * for each routing iteration t, the entropy of each child's assignments
-    over all of its parents, H_i = -sum_k R_ik log R_ik, divided by
-    log K_i, K_i the child's number of parents (C types times the positions
-    that see it): 1 for the uniform start, 0 for a child given wholly to
-    one parent; averaged over the children;
+    over all of its parents, H_i = -sum_k p_ik log p_ik with
+    p_ik = R_ik / sum_k R_ik, divided by log K_i, K_i the child's number of
+    parents (C types times the positions that see it): 1 for the uniform
+    start, 0 for a child given wholly to one parent; averaged over the
+    children. (Procedure 1's assignments sum to 1 over the parents; the
+    authors' per-slot start gives a child in n positions n.)
   * the variances (sigma_j^h)^2 of the last M-step, without the floor: their
     mean, and the fraction of them below the floor;
   * the fraction of capsules with activation a > 0.5;
@@ -25,6 +27,9 @@ from nets import layers
 def normalized_entropy(assignments, child_ids=None):
   """Mean over children of H_i / log K_i, per example.
 
+  With S_i = -sum_k R_ik log R_ik and T_i = sum_k R_ik, the entropy of
+  p_ik = R_ik / T_i is H_i = S_i / T_i + log T_i.
+
   Args:
     assignments: R [N, P, C, I] of one M-step.
     child_ids: int array [P, I] naming the child in each slot (ConvCaps), or
@@ -33,18 +38,23 @@ def normalized_entropy(assignments, child_ids=None):
   Returns:
     [N].
   """
-  per_slot = -tf.reduce_sum(tf.math.xlogy(assignments, assignments),
-                            axis=2)  # [N, P, I]
+  per_slot = tf.stack([
+      -tf.reduce_sum(tf.math.xlogy(assignments, assignments), axis=2),
+      tf.reduce_sum(assignments, axis=2)])  # S and T per slot [2, N, P, I]
   num_types = assignments.shape[2]
   if child_ids is None:
-    return tf.reduce_mean(per_slot, axis=[1, 2]) / np.log(num_types)
+    sums, totals = per_slot[0], per_slot[1]
+    entropy = tf.math.divide_no_nan(sums, totals) + tf.math.log(totals)
+    return tf.reduce_mean(entropy, axis=[1, 2]) / np.log(num_types)
   slots = np.bincount(child_ids.ravel())
   seen = np.flatnonzero(slots)  # children in no patch have no parents
   per_child = tf.gather(tf.math.unsorted_segment_sum(
-      tf.transpose(per_slot, [1, 2, 0]), child_ids, len(slots)),
-                        seen)  # [children seen, N]
+      tf.transpose(per_slot, [2, 3, 0, 1]), child_ids, len(slots)),
+                        seen)  # [children seen, 2, N]
+  sums, totals = per_child[:, 0], per_child[:, 1]
+  entropy = tf.math.divide_no_nan(sums, totals) + tf.math.log(totals)
   log_parents = np.log(num_types * slots[seen]).astype(np.float32)
-  return tf.reduce_mean(per_child / log_parents[:, None], axis=0)
+  return tf.reduce_mean(entropy / log_parents[:, None], axis=0)
 
 
 def _per_example_mean(values):

@@ -49,6 +49,16 @@ def test_children_in_no_patch_are_left_out():
   np.testing.assert_allclose(_entropy(uniform, child_ids), [1.0], rtol=1e-5)
 
 
+def test_per_slot_start_has_entropy_one():
+  """The authors' start, 1/C in every slot, gives a child in n positions a
+  total of n: the entropy is that of R normalised over the child's
+  parents, 1 for this uniform start."""
+  child_ids = _conv_child_ids()
+  per_slot = np.full((2, 9, 3, 18), 1.0 / 3, np.float32)
+  np.testing.assert_allclose(_entropy(per_slot, child_ids), [1.0, 1.0],
+                             rtol=1e-5)
+
+
 def test_one_hot_assignments_have_entropy_zero():
   one_hot = np.zeros((3, 1, 4, 6), np.float32)
   one_hot[:, :, 2, :] = 1.0

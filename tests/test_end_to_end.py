@@ -91,6 +91,13 @@ def test_train_and_resume(run):
   assert config['conv1_padding'] == 'SAME'  # the MNIST default
 
 
+def test_pose_stats_refuses_figures_without_a_decoder(run, data_dir,
+                                                     tmp_path):
+  _failed(_run('pose_stats.py', '--train_dir=' + run[0],
+               '--data_dir=' + data_dir, '--gpu=0', '--num_images=100',
+               f'--figures_dir={tmp_path}/figures'), 'has no decoder')
+
+
 def test_a_run_from_before_conv1_padding_resumes_as_valid(data_dir,
                                                          tmp_path):
   """A run directory whose model_config.json has no conv1_padding (written

@@ -72,19 +72,6 @@ def test_decoding_a_pose_gives_the_networks_reconstruction(
   np.testing.assert_allclose(decoded, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_pose_stats_refuses_figures_without_a_decoder(tmp_path):
-  if not os.path.exists(os.path.join(REPO, 'data', 'mnist')):
-    pytest.skip('real MNIST files not found')
-  train_dir = str(tmp_path / 'run')
-  assert _run('src/train.py', f'--train_dir={train_dir}', '--A=4', '--B=3',
-              '--C=3', '--D=3', '--max_steps=1', '--gpu=0').returncode == 0
-  result = _run('src/pose_stats.py', f'--train_dir={train_dir}', '--gpu=0',
-                '--num_images=100', f'--figures_dir={tmp_path}/f')
-  assert result.returncode != 0
-  assert 'has no decoder' in result.stderr
-  assert 'Traceback' not in result.stderr
-
-
 def test_image_grid_has_one_panel_per_image():
   grid = figures.image_grid(np.zeros((3, 4, 5, 5)), ['a', 'b', 'c'])
   assert len(grid.axes) == 12
