@@ -16,6 +16,7 @@ import time
 import pytest
 
 from datasets import mnist
+import script_util
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = ['--A=8', '--B=4', '--C=4', '--D=4', '--batch_size=8',
@@ -32,25 +33,9 @@ def _mnist_dir():
   return os.path.abspath(data_dir)
 
 
-def _run(script, *args, timeout=120):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, os.path.join('src', script), *args],
-                        cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, env=env, check=False)
-
-
-def _succeeded(result):
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
-def _failed(result, *messages):
-  """Asserts a non-zero exit whose output names every one of `messages`."""
-  assert result.returncode != 0, result.stderr[-3000:]
-  output = result.stdout + result.stderr
-  assert 'Traceback' not in output, output[-3000:]
-  for message in messages:
-    assert message in output, output[-3000:]
+_run = script_util.run
+_succeeded = script_util.succeeded
+_failed = script_util.failed
 
 
 def _lines(path):

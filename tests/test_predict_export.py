@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import image_files
 import model
+import script_util
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = model.ModelConfig(a=4, b=3, c=3, d=3, conv1_padding='SAME')
@@ -44,27 +45,12 @@ assert not {'model', 'nets', 'serving', 'runtime'} & set(sys.modules)
 
 
 def _run(script, *args, cwd=REPO, timeout=120):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  env.pop('PYTHONPATH', None)
-  return subprocess.run([sys.executable, str(REPO / 'src' / script), *args],
-                        cwd=cwd, capture_output=True, text=True,
-                        timeout=timeout, env=env, check=False)
+  return script_util.run(script, *args, cwd=cwd, timeout=timeout,
+                         isolated=True)
 
 
-def _succeeded(result):
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
-def _failed(result, *messages):
-  """Asserts a non-zero exit without a traceback whose output names every
-  one of `messages`."""
-  assert result.returncode != 0, result.stdout[-3000:]
-  output = result.stdout + result.stderr
-  assert 'Traceback' not in output, output[-3000:]
-  for message in messages:
-    assert message in output, output[-3000:]
-  return result
+_succeeded = script_util.succeeded
+_failed = script_util.failed
 
 
 def _save_run(train_dir):

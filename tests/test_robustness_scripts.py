@@ -11,8 +11,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ import tensorflow as tf
 import adversarial
 import model
 from datasets import mnist
+import script_util
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CAPSULES = model.ModelConfig(dataset='mnist40', a=4, b=3, c=3, d=3,
@@ -32,23 +31,9 @@ BASELINE_FLAGS = ['--dataset=mnist40', '--model=cnn_baseline',
 STEP = 3
 
 
-def _run(script, *args, timeout=120):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, os.path.join('src', script), *args],
-                        cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, env=env, check=False)
-
-
-def _succeeded(result):
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
-def _failed(result, message):
-  assert result.returncode != 0, result.stderr[-3000:]
-  output = result.stdout + result.stderr
-  assert 'Traceback' not in output, output[-3000:]
-  assert message in output, output[-3000:]
+_run = script_util.run
+_succeeded = script_util.succeeded
+_failed = script_util.failed
 
 
 def _lines(path):
