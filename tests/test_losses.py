@@ -189,5 +189,9 @@ def test_default_margin_is_reachable():
   """The default configuration's loss can reach zero: its final margin is
   below the largest gap its class activations can show (issue 9, 5c)."""
   for dataset, num_classes in (('mnist', 10), ('smallnorb', 5)):
-    config = model.ModelConfig(dataset=dataset, num_classes=num_classes)
+    config = model.ModelConfig(
+        dataset=dataset, num_classes=num_classes,
+        final_lambda=model.default_final_lambda(dataset))
     assert training.TrainConfig().margin_end < config.largest_activation_gap()
+    legacy = model.ModelConfig(dataset=dataset, num_classes=num_classes)
+    assert training.TrainConfig().margin_end > legacy.largest_activation_gap()
