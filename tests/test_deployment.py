@@ -177,7 +177,7 @@ def _start_workers(train_dir, *args):
         [sys.executable, 'src/train.py', '--A=4', '--B=3', '--C=3', '--D=3',
          '--batch_size=4', '--save_checkpoint_steps=2', '--gpu=0',
          '--log_every_n_steps=1', f'--train_dir={train_dir}', '--seed=1',
-         '--step_timeout_secs=30', *args],
+         '--step_timeout_secs=45', *args],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True))
   return processes

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The routing research's runs (issue 9): every recipe at 1, 2 and 3 routing
-# iterations, and the candidates for the default, each 5,000 steps at batch
-# 24 (120,000 training images), seed 1, SAME Conv1 (the MNIST default).
+# iterations and the candidates for the default, each 5,000 steps at batch
+# 24 (120,000 training images), and the default trained longer; seed 1, SAME
+# Conv1 (the MNIST default).
 # Each run trains alone on both cores, then tests.py evaluates every kept
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
@@ -11,33 +12,35 @@
 # Usage: bash notes/runs/grid.sh [RUN ...]   (default: every run, in order)
 set -u
 cd "$(dirname "$0")/../.."
-# run name, --config, --iterations, further flags.
+# run name, --config, --iterations, --max_steps, further flags. The default
+# has lambda = 2 since default_lambda2_i1 (before, 1: the other candidate).
 RUNS="
-authors_i3 authors 3
-default_lambda2_i1 default 1 --final_lambda=2
-default_margin065_i1 default 1 --margin_end=0.65
-ibm_i3 ibm 3
-identity_i3 identity 3
-authors_i1 authors 1
-ibm_i1 ibm 1
-identity_i1 identity 1
-default_i3 default 3
-authors_i2 authors 2
-ibm_i2 ibm 2
-identity_i2 identity 2
-default_i2 default 2
+authors_i3 authors 3 5000
+default_lambda2_i1 default 1 5000 --final_lambda=2
+default_margin065_i1 default 1 5000 --final_lambda=1 --margin_end=0.65
+default_long default 1 15000
+ibm_i3 ibm 3 5000
+identity_i3 identity 3 5000
+authors_i1 authors 1 5000
+ibm_i1 ibm 1 5000
+identity_i1 identity 1 5000
+default_i3 default 3 5000
+authors_i2 authors 2 5000
+ibm_i2 ibm 2 5000
+identity_i2 identity 2 5000
+default_i2 default 2 5000
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
-echo "$RUNS" | while read -r name recipe iterations extra; do
+echo "$RUNS" | while read -r name recipe iterations steps extra; do
   [[ -n "$name" && "$selected" == *" $name "* ]] || continue
   dir=runs/grid_$name
-  if grep -qs '"step": 5000' "$dir/eval_test/results.jsonl"; then
+  if grep -qs "\"step\": $steps," "$dir/eval_test/results.jsonl"; then
     echo "$(date -u +%FT%TZ) $dir done; skipping"; continue
   fi
   echo "$(date -u +%FT%TZ) training $dir"
   # shellcheck disable=SC2086
   python src/train.py --config="$recipe" --iterations="$iterations" $extra \
-      --train_dir="$dir" --seed=1 --max_steps=5000 >> "$dir.train.log" 2>&1 \
+      --train_dir="$dir" --seed=1 --max_steps="$steps" >> "$dir.train.log" 2>&1 \
       < /dev/null || { echo "$(date -u +%FT%TZ) $dir: train.py failed"; continue; }
   echo "$(date -u +%FT%TZ) evaluating $dir"
   python src/tests.py --train_dir="$dir" --gpu=0 --timeout_secs=1 \
