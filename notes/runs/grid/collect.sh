@@ -1,0 +1,17 @@
+#!/bin/bash
+# Copies the records of the grid's runs (notes/runs/grid.sh) into
+# notes/runs/grid/<run>/: results.jsonl, starts.jsonl, model_config.json,
+# the diagnostics, the diagnose.py table and the logged progress lines.
+set -u
+cd "$(dirname "$0")/../../.."
+for dir in runs/grid_*/; do
+  name=$(basename "$dir"); name=${name#grid_}
+  out=notes/runs/grid/$name
+  mkdir -p "$out"
+  cp "$dir/eval_test/results.jsonl" "$dir/starts.jsonl" \
+     "$dir/model_config.json" "$out/" 2>/dev/null
+  [ -d "$dir/diagnostics" ] && cp -r "$dir/diagnostics" "$out/"
+  [ -f "runs/grid_$name.diagnose.txt" ] && cp "runs/grid_$name.diagnose.txt" "$out/diagnose.txt"
+  grep -h "train.py:[0-9]*\] step" "runs/grid_$name.train.log" \
+      > "$out/train_progress.txt" 2>/dev/null
+done
