@@ -109,3 +109,20 @@ def squared_error(images, reconstructions):
   """Summed squared pixel error per image, averaged over the images."""
   return float(np.mean(np.sum(np.square(images - reconstructions),
                               axis=tuple(range(1, images.ndim)))))
+
+
+def decode_poses(config, session_config, checkpoint, poses, classes,
+                 image_shape):
+  """Reconstructions [M, H, W, C] by the run's decoder from class poses
+  [M, 16] of `classes` [M], with the variables of `checkpoint`: for drawing
+  what the decoder makes of given, e.g. perturbed, poses."""
+  num_classes = config.num_classes
+  with tf.Graph().as_default():
+    poses_t = tf.constant(np.eye(num_classes, dtype=np.float32)[
+        classes][:, :, None] * poses[:, None, :])  # [M, J, 16]
+    images = config.reconstruct(tf.reshape(poses_t, [-1, num_classes, 4, 4]),
+                                tf.constant(classes), image_shape)
+    saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables())
+    with tf.compat.v1.Session(config=session_config) as session:
+      saver.restore(session, checkpoint)
+      return session.run(images)

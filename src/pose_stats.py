@@ -79,27 +79,13 @@ def _run_network(config, session_config, checkpoint):
           values.get('reconstructions'))
 
 
-def _decode(config, session_config, checkpoint, poses, classes, image_shape):
-  """Reconstructions [M, H, W, C] from class poses [M, 16] of `classes`
-  [M], with the decoder variables of the checkpoint."""
-  num_classes = config.num_classes
-  with tf.Graph().as_default():
-    poses_t = tf.constant(np.eye(num_classes, dtype=np.float32)[
-        classes][:, :, None] * poses[:, None, :])  # [M, J, 16]
-    images = config.reconstruct(tf.reshape(poses_t, [-1, num_classes, 4, 4]),
-                                tf.constant(classes), image_shape)
-    saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables())
-    with tf.compat.v1.Session(config=session_config) as session:
-      saver.restore(session, checkpoint)
-      return session.run(images)
-
-
 def _draw_figures(config, session_config, checkpoint, images, labels, poses):
   """reconstructions.png and perturbations.png in --figures_dir."""
   os.makedirs(FLAGS.figures_dir, exist_ok=True)
   firsts = [int(np.flatnonzero(labels == k)[0]) for k in np.unique(labels)]
-  reconstructions = _decode(config, session_config, checkpoint,
-                            poses[firsts], labels[firsts], images.shape[1:])
+  reconstructions = evaluation.decode_poses(
+      config, session_config, checkpoint, poses[firsts], labels[firsts],
+      images.shape[1:])
   grid = np.stack([images[firsts], reconstructions])
   figures.save_atomically(figures.image_grid(
       grid, ['image', 'decoded'], [str(labels[i]) for i in firsts],
@@ -109,8 +95,9 @@ def _draw_figures(config, session_config, checkpoint, images, labels, poses):
   steps = PERTURBATIONS[None, :, None] * np.diag(spread)[:, None, :]
   perturbed = (poses[0][None, None, :] + steps).reshape(-1, 16).astype(
       np.float32)
-  decoded = _decode(config, session_config, checkpoint, perturbed,
-                    np.full(len(perturbed), labels[0]), images.shape[1:])
+  decoded = evaluation.decode_poses(
+      config, session_config, checkpoint, perturbed,
+      np.full(len(perturbed), labels[0]), images.shape[1:])
   figures.save_atomically(figures.image_grid(
       decoded.reshape((16, len(PERTURBATIONS)) + images.shape[1:]),
       [f'entry {h}' for h in range(16)],

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import evaluation
 import figures
 import model
-import pose_stats
 
 REPO = __import__('conftest').REPO
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -50,7 +50,7 @@ def test_pose_stats_draws_reconstructions_and_perturbations(
 
 def test_decoding_a_pose_gives_the_networks_reconstruction(
     reconstruction_run):
-  """_decode, which draws the perturbations, rebuilds the decoder of the
+  """decode_poses, which draws the perturbations, rebuilds the decoder of the
   training graph: unperturbed poses give its reconstructions."""
   config = model.ModelConfig.load(reconstruction_run)
   checkpoint = tf.train.latest_checkpoint(reconstruction_run)
@@ -67,8 +67,8 @@ def test_decoding_a_pose_gives_the_networks_reconstruction(
     with tf.compat.v1.Session() as session:
       saver.restore(session, checkpoint)
       expected, true_poses = session.run([reconstructions, true_poses])
-  decoded = pose_stats._decode(  # pylint: disable=protected-access
-      config, None, checkpoint, true_poses, classes, images.shape[1:])
+  decoded = evaluation.decode_poses(config, None, checkpoint, true_poses,
+                                    classes, images.shape[1:])
   np.testing.assert_allclose(decoded, expected, rtol=1e-5, atol=1e-6)
 
 
