@@ -1,9 +1,14 @@
 """Running the repository's scripts as a user does, in a subprocess."""
 
+import json
 import os
 import pathlib
 import subprocess
 import sys
+
+import pytest
+
+from datasets import mnist
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -42,3 +47,20 @@ def failed(result, *messages):
   for message in messages:
     assert message in output, output[-3000:]
   return result
+
+
+def jsonl(path):
+  """The records of a JSON-lines file (results.jsonl, starts.jsonl)."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def mnist_dir():
+  """The directory of the real MNIST files ($CAPSULES_MNIST_DIR or
+  data/mnist), or skip the test."""
+  directory = os.environ.get('CAPSULES_MNIST_DIR',
+                             str(REPO / 'data' / 'mnist'))
+  if not all(os.path.exists(os.path.join(directory, name))
+             for name in mnist.FILE_MD5):
+    pytest.skip(f'real MNIST files not found in {directory}')
+  return os.path.abspath(directory)

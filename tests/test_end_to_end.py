@@ -24,23 +24,11 @@ TINY = ['--A=8', '--B=4', '--C=4', '--D=4', '--batch_size=8',
         '--save_checkpoint_steps=3', '--xla=false', '--gpu=0']
 
 
-def _mnist_dir():
-  """The directory of the real MNIST files, or skip."""
-  data_dir = os.environ.get('CAPSULES_MNIST_DIR', str(REPO / 'data' / 'mnist'))
-  if not all(os.path.exists(os.path.join(data_dir, name))
-             for name in mnist.FILE_MD5):
-    pytest.skip(f'real MNIST files not found in {data_dir}')
-  return os.path.abspath(data_dir)
-
-
+_mnist_dir = script_util.mnist_dir
 _run = script_util.run
 _succeeded = script_util.succeeded
 _failed = script_util.failed
-
-
-def _lines(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+_lines = script_util.jsonl
 
 
 @pytest.fixture(scope='module')

@@ -18,7 +18,6 @@ import tensorflow as tf
 
 import adversarial
 import model
-from datasets import mnist
 import script_util
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -34,21 +33,12 @@ STEP = 3
 _run = script_util.run
 _succeeded = script_util.succeeded
 _failed = script_util.failed
-
-
-def _lines(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+_lines = script_util.jsonl
 
 
 @pytest.fixture(scope='module')
 def data_dir():
-  directory = os.environ.get('CAPSULES_MNIST_DIR',
-                             str(REPO / 'data' / 'mnist'))
-  if not all(os.path.exists(os.path.join(directory, name))
-             for name in mnist.FILE_MD5):
-    pytest.skip(f'real MNIST files not found in {directory}')
-  return os.path.abspath(directory)
+  return script_util.mnist_dir()
 
 
 @pytest.fixture(scope='module')
