@@ -186,7 +186,7 @@ def load(data_dir, split):
 
 
 def train_input(data_dir, batch_size, seed=None, shuffle_buffer=60000,
-                augment=False):
+                augment=False, transform=None):
   """Infinite, shuffled training pipeline.
 
   Args:
@@ -198,21 +198,27 @@ def train_input(data_dir, batch_size, seed=None, shuffle_buffer=60000,
       whole training set. Reshuffled every epoch.
     augment: bool, randomly translate each image by up to
       `MAX_TRANSLATION` pixels in each direction.
+    transform: None, or a function ((image uint8 [28, 28], label), seed
+      int64 [2]) -> (image uint8 [H, W], label) applied to every example
+      with a seed of its own (mnist40 places the digits with it); `augment`
+      is this with `_translate`.
 
   Returns:
-    tf.data.Dataset of (images float32 [batch_size, 28, 28, 1] in [0, 1],
-    labels int32 [batch_size]).
+    tf.data.Dataset of (images float32 [batch_size, H, W, 1] in [0, 1],
+    labels int32 [batch_size]); H = W = 28 unless `transform` changes them.
   """
   images, labels = load(data_dir, 'train')
   dataset = arrays.from_arrays(images, labels)
   dataset = dataset.shuffle(shuffle_buffer, seed=seed,
                             reshuffle_each_iteration=True).repeat()
   if augment:
+    transform = _translate
+  if transform is not None:
     seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
     dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-        _translate, num_parallel_calls=tf.data.AUTOTUNE)
+        transform, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size, drop_remainder=True)
-  dataset = dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -234,7 +240,7 @@ def eval_input(data_dir, batch_size):
   images, labels = load(data_dir, 'test')
   dataset = arrays.from_arrays(images, labels)
   dataset = dataset.batch(batch_size).map(
-      _to_float, num_parallel_calls=tf.data.AUTOTUNE)
+      to_float, num_parallel_calls=tf.data.AUTOTUNE)
   return dataset.prefetch(tf.data.AUTOTUNE), len(labels)
 
 
@@ -255,7 +261,7 @@ def _translate(example, seed):
   return shifted, label
 
 
-def _to_float(images, labels):
-  """Scales uint8 images [B, 28, 28] to float32 [B, 28, 28, 1] in [0, 1]."""
+def to_float(images, labels):
+  """Scales uint8 images [B, H, W] to float32 [B, H, W, 1] in [0, 1]."""
   images = tf.cast(images, tf.float32) / 255.0
   return images[..., tf.newaxis], labels

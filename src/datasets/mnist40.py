@@ -93,15 +93,8 @@ def train_input(data_dir, batch_size, seed=None,
     tf.data.Dataset of (images float32 [batch_size, 40, 40, 1] in [0, 1],
     labels int32 [batch_size]).
   """
-  images, labels = mnist.load(data_dir, 'train')
-  dataset = arrays.from_arrays(images, labels).shuffle(
-      shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-  dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-      _place_at_random, num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.batch(batch_size, drop_remainder=True)
-  dataset = dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  return mnist.train_input(data_dir, batch_size, seed, shuffle_buffer,
+                           transform=_place_at_random)
 
 
 def eval_input(data_dir, batch_size, test_set='test'):
@@ -122,7 +115,7 @@ def eval_input(data_dir, batch_size, test_set='test'):
   """
   images, labels = test_images(data_dir, test_set)
   dataset = arrays.from_arrays(images, labels).batch(batch_size).map(
-      _to_float, num_parallel_calls=tf.data.AUTOTUNE)
+      mnist.to_float, num_parallel_calls=tf.data.AUTOTUNE)
   return dataset.prefetch(tf.data.AUTOTUNE), len(labels)
 
 
@@ -143,8 +136,3 @@ def _place_at_random(example, seed):
                           [left, MAX_OFFSET - left]])
   canvas.set_shape(IMAGE_SHAPE[:2])
   return canvas, label
-
-
-def _to_float(images, labels):
-  """Scales uint8 images [B, 40, 40] to float32 [B, 40, 40, 1] in [0, 1]."""
-  return tf.cast(images, tf.float32)[..., tf.newaxis] / 255.0, labels
