@@ -72,6 +72,8 @@ class ModelConfig:
       released codes' routing departures (nets/routing.py).
     class_lambda_scale: multiplies the class capsules' inverse temperature
       (the authors' code: 1/4).
+    stop_assignment_gradients: no gradient through the E-steps' R_ij
+      (nets/routing.py).
     model: one of MODELS. With 'cnn_baseline' the network is
       nets/cnn_baseline.py, sized by cnn_channels and cnn_hidden, and the
       capsule fields above are unused.
@@ -101,6 +103,7 @@ class ModelConfig:
   pose_damping: float = 0.0
   initial_assignments: str = 'per_child'
   class_lambda_scale: float = 1.0
+  stop_assignment_gradients: bool = False
   model: str = 'capsules'
   cnn_channels: int = 32
   cnn_hidden: int = 1024
@@ -176,7 +179,8 @@ class ModelConfig:
         log_space=self.log_space, xla=xla, vote_moments=vote_moments,
         fused_votes=fused_votes, activation_cost=self.activation_cost,
         cost_scale=self.cost_scale, pose_damping=self.pose_damping,
-        initial_assignments=self.initial_assignments)
+        initial_assignments=self.initial_assignments,
+        stop_assignment_gradients=self.stop_assignment_gradients)
 
   def largest_activation_gap(self):
     """The largest spread-loss margin the class capsules can meet

@@ -68,7 +68,7 @@ def _check_paper_routing(routing):
   the released codes' departures (routing.py's second list)."""
   paper = layers.Routing()
   for name in ('activation_cost', 'cost_scale', 'pose_damping',
-               'initial_assignments'):
+               'initial_assignments', 'stop_assignment_gradients'):
     if getattr(routing, name) != getattr(paper, name):
       raise ValueError(f'naive.py computes the paper\'s {name} only '
                        f'({getattr(paper, name)!r}), got '

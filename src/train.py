@@ -79,6 +79,9 @@ flags.DEFINE_enum('initial_assignments', 'per_child',
                   list(em.INITIAL_ASSIGNMENTS),
                   'R_ij before the first M-step: 1 / (C x parent positions '
                   "of the child), or the authors' 1 / C per slot.")
+flags.DEFINE_bool('stop_assignment_gradients', False, 'Hold the E-steps\' '
+                  'assignments R_ij constant in the gradient (notes/'
+                  'recipes.md).')
 flags.DEFINE_float('class_lambda_scale', 1.0, 'Factor on the class '
                    "capsules' inverse temperature (the authors' code: 1/4).")
 flags.DEFINE_float('reconstruction_weight', 0.0,
@@ -215,7 +218,9 @@ def _model_config(num_classes, previous):
       activation_cost=FLAGS.activation_cost, cost_scale=FLAGS.cost_scale,
       pose_damping=FLAGS.pose_damping,
       initial_assignments=FLAGS.initial_assignments,
-      class_lambda_scale=FLAGS.class_lambda_scale, model=FLAGS.model,
+      class_lambda_scale=FLAGS.class_lambda_scale,
+      stop_assignment_gradients=FLAGS.stop_assignment_gradients,
+      model=FLAGS.model,
       cnn_channels=FLAGS.cnn_channels, cnn_hidden=FLAGS.cnn_hidden)
 
 

@@ -237,3 +237,47 @@ def test_compute_votes_is_pose_times_transform():
   expected = np.einsum('npirt,icts->npcirs', poses, transforms)
   np.testing.assert_allclose(result, expected.reshape(2, 3, 5, 6, 16),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('conv', [False, True])
+def test_stopped_assignment_gradients_are_the_last_m_step_at_fixed_r(conv):
+  """With stop_assignment_gradients the outputs are unchanged, and their
+  gradient is that of the last M-step with its R_ij fed in as a constant;
+  without it the routing's path to R_ij adds to the gradient."""
+  rng = np.random.default_rng(7)
+  if conv:
+    child_ids = _conv_child_ids(5, 3, 2, 3)
+    votes, _, beta_v, beta_a = _problem(rng, 4, 4, 27, scale=0.5)
+    activations = _child_activations(rng, child_ids)
+  else:
+    child_ids = None
+    votes, activations, beta_v, beta_a = _problem(rng, 1, 5, 12, scale=0.5)
+  weights = rng.normal(size=votes.shape[:3] + (16,)).astype(np.float32)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    inputs = [tf.constant(x) for x in (votes, activations, beta_v, beta_a)]
+
+    def loss_and_gradients(poses, a_out):
+      loss = tf.reduce_sum(poses * weights) + tf.reduce_sum(a_out)
+      return [loss] + tf.gradients(loss, inputs)
+
+    outputs = {}
+    for stop in (False, True):
+      trace = []
+      poses, a_out, _ = em.em_routing(
+          *inputs, 3, child_ids=child_ids, trace=trace,
+          stop_assignment_gradients=stop, **STABILISED)
+      outputs[stop] = loss_and_gradients(poses, a_out)
+      last_assignments = trace[-1]['assignments']
+    fixed = tf.compat.v1.placeholder(tf.float32, last_assignments.shape)
+    poses, _, logits = em.m_step(
+        fixed, inputs[1], inputs[0], inputs[2], inputs[3], 1.0,
+        STABILISED['min_variance'], STABILISED['cost_standardization'])
+    reference = loss_and_gradients(poses, tf.sigmoid(logits))
+    full, stopped = session.run(outputs[False]), session.run(outputs[True])
+    routed = session.run(last_assignments)
+    expected = session.run(reference, {fixed: routed})
+  np.testing.assert_allclose(stopped[0], full[0], rtol=1e-6)
+  for got, want, through in zip(stopped[1:], expected[1:], full[1:]):
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(full[1], stopped[1], rtol=1e-3, atol=1e-4)

@@ -34,7 +34,7 @@ STABILISED = model.ModelConfig().routing()
 PLAIN = layers.Routing(inverse_temperature=lambda t: 1.0 - 0.95 ** (t + 1))
 MATHS_FIELDS = ('inverse_temperature', 'min_variance', 'cost_standardization',
                 'log_space', 'activation_cost', 'cost_scale', 'pose_damping',
-                'initial_assignments')
+                'initial_assignments', 'stop_assignment_gradients')
 
 
 def _speed_switches_off(routing):

@@ -219,11 +219,12 @@ def test_legacy_model_config_loads_with_the_paper_routing(tmp_path):
             if f.name not in ('initialization', 'activation_cost',
                               'cost_scale', 'pose_damping',
                               'initial_assignments', 'class_lambda_scale',
-                              'conv1_padding')}
+                              'conv1_padding', 'stop_assignment_gradients')}
   (tmp_path / model.CONFIG_FILE).write_text(__import__('json').dumps(legacy))
   loaded = model.ModelConfig.load(str(tmp_path))
   assert loaded.routing().activation_cost == 'paper'
   assert loaded.routing().pose_damping == 0.0
+  assert not loaded.routing().stop_assignment_gradients
   assert loaded.initialization == 'default'
 
 

@@ -10,6 +10,9 @@
 # later sitting.
 #
 # Usage: bash notes/runs/grid.sh [RUN ...]   (default: every run, in order)
+#        SCREEN_STEPS=1000 bash notes/runs/grid.sh RUN ...   trains (or
+#        resumes) RUN only to step 1000 and evaluates it there: a screen
+#        that the full run later continues from.
 set -u
 cd "$(dirname "$0")/../.."
 # run name, --config, --iterations, --max_steps, further flags. The default
@@ -29,10 +32,14 @@ authors_i2 authors 2 5000
 ibm_i2 ibm 2 5000
 identity_i2 identity 2 5000
 default_i2 default 2 5000
+default_i3_stopgrad default 3 5000 --stop_assignment_gradients
+default_i3_var1e-2 default 3 5000 --min_variance=1e-2
+default_i3_var1e-1 default 3 5000 --min_variance=1e-1
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
 echo "$RUNS" | while read -r name recipe iterations steps extra; do
   [[ -n "$name" && "$selected" == *" $name "* ]] || continue
+  steps=${SCREEN_STEPS:-$steps}
   dir=runs/grid_$name
   if grep -qs "\"step\": $steps," "$dir/eval_test/results.jsonl"; then
     echo "$(date -u +%FT%TZ) $dir done; skipping"; continue

@@ -53,6 +53,14 @@ brackets (notes/recipes.md):
   initial_assignments   'per_slot': R_ij = 1 / C in every slot, so a child
                         in n parent positions sends n times its
                         activation (authors)                    ['per_child']
+
+A departure of this project's, switchable (notes/recipes.md):
+  stop_assignment_gradients
+                        hold each E-step's R_ij constant in the
+                        gradient: the loss differentiates the last
+                        M-step with respect to votes, activations and
+                        betas at the routed R, not the routing's path
+                        to R (the forward pass is unchanged)   [False]
 """
 
 import math
@@ -363,7 +371,8 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
                cost_standardization=False, log_space=False,
                vote_moments=None, trace=None, activation_cost='paper',
                cost_scale='none', pose_damping=0.0,
-               initial_assignments='per_child'):
+               initial_assignments='per_child',
+               stop_assignment_gradients=False):
   """Procedure 1: routes votes to parents by EM.
 
   Args:
@@ -417,4 +426,6 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
       if t < iterations - 1:
         assignments = e_step(votes, poses, variances, logits, child_ids,
                              log_space)
+        if stop_assignment_gradients:
+          assignments = tf.stop_gradient(assignments)
   return poses, tf.sigmoid(logits), assignments
