@@ -102,8 +102,10 @@ def main(argv):
   session_config, config, checkpoint = runtime.checked_checkpoint_flags(
       FLAGS, model.ModelConfig.load)
   step, seen, layers = _measure(config, session_config, checkpoint)
-  print(f'{checkpoint}: {seen} test images, {config.iterations} routing '
-        'iterations')
+  routed = (f'{config.iterations} routing iterations' +
+            (f', {config.class_layer_iterations} in the class capsules'
+             if config.class_layer_iterations != config.iterations else ''))
+  print(f'{checkpoint}: {seen} test images, {routed}')
   print(_table(layers, config.min_variance))
   output = FLAGS.output or os.path.join(FLAGS.train_dir, 'diagnostics',
                                         f'step-{step}.json')
@@ -111,6 +113,8 @@ def main(argv):
   runtime.write_json(output, {'checkpoint': checkpoint, 'step': step,
                               'num_images': seen,
                               'iterations': config.iterations,
+                              'class_iterations':
+                                  config.class_layer_iterations,
                               'min_variance': config.min_variance,
                               'layers': layers}, indent=2)
   print(f'written to {output}')

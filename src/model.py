@@ -74,6 +74,8 @@ class ModelConfig:
       (the authors' code: 1/4).
     stop_assignment_gradients: no gradient through the E-steps' R_ij
       (nets/routing.py).
+    class_iterations: EM routing iterations of the class capsules; 0 for
+      `iterations` (then every capsule layer routes `iterations` times).
     model: one of MODELS. With 'cnn_baseline' the network is
       nets/cnn_baseline.py, sized by cnn_channels and cnn_hidden, and the
       capsule fields above are unused.
@@ -104,6 +106,7 @@ class ModelConfig:
   initial_assignments: str = 'per_child'
   class_lambda_scale: float = 1.0
   stop_assignment_gradients: bool = False
+  class_iterations: int = 0
   model: str = 'capsules'
   cnn_channels: int = 32
   cnn_hidden: int = 1024
@@ -112,6 +115,9 @@ class ModelConfig:
     for name in ('num_classes', 'iterations', 'a', 'b', 'c', 'd'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+    if self.class_iterations < 0:
+      raise ValueError('class_iterations must be >= 0 (0: iterations), got '
+                       f'{self.class_iterations}')
     if self.final_lambda <= 0:
       raise ValueError(f'final_lambda must be > 0, got {self.final_lambda}')
     if self.reconstruction_weight < 0:
@@ -166,6 +172,11 @@ class ModelConfig:
           for size in grids[-1][1:]))
     return grids
 
+  @property
+  def class_layer_iterations(self):
+    """EM routing iterations of the class capsules."""
+    return self.class_iterations or self.iterations
+
   def routing(self, xla=False, vote_moments=True, fused_votes=True,
               lambda_scale=1.0):
     """The `layers.Routing` of the ConvCaps layers; with `lambda_scale`, of
@@ -187,7 +198,8 @@ class ModelConfig:
     (losses.largest_activation_gap at the class layer's last lambda)."""
     routing = self.routing(lambda_scale=self.class_lambda_scale)
     return losses.largest_activation_gap(
-        self.num_classes, routing.inverse_temperature(self.iterations - 1),
+        self.num_classes,
+        routing.inverse_temperature(self.class_layer_iterations - 1),
         self.cost_standardization)
 
   def build(self, images, xla=False, vote_moments=True, fused_votes=True,
@@ -218,7 +230,8 @@ class ModelConfig:
         conv1_padding=self.conv1_padding,
         class_routing=self.routing(xla, vote_moments, fused_votes,
                                    self.class_lambda_scale),
-        init=initializers.get(self.initialization))
+        init=initializers.get(self.initialization),
+        class_iterations=self.class_layer_iterations)
 
   def logits(self, images, training=False):
     """The cnn_baseline's class logits [N, num_classes] (its loss needs

@@ -55,6 +55,8 @@ flags.DEFINE_enum('smallnorb_split', 'full', ['full', 'azimuth', 'elevation'],
                   'smallNORB viewpoint split.')
 # Model.
 flags.DEFINE_integer('iterations', 1, 'EM routing iterations.')
+flags.DEFINE_integer('class_iterations', 0, 'EM routing iterations of the '
+                     'class capsules; 0: --iterations.')
 runtime.define_network_flags()
 flags.DEFINE_enum('inverse_temperature_schedule', 'constant',
                   list(schedules.INVERSE_TEMPERATURE_SCHEDULES),
@@ -155,6 +157,9 @@ def _validate_flags():
                'keep_checkpoint_max'):
     if FLAGS[name].value < 1:
       raise app.UsageError(f'--{name} must be >= 1, got {FLAGS[name].value}')
+  if FLAGS.class_iterations < 0:
+    raise app.UsageError('--class_iterations must be >= 0 (0: --iterations), '
+                         f'got {FLAGS.class_iterations}')
   for name in ('learning_rate', 'learning_rate_decay_rate'):
     if FLAGS[name].value <= 0:
       raise app.UsageError(f'--{name} must be > 0, got {FLAGS[name].value}')
@@ -220,6 +225,7 @@ def _model_config(num_classes, previous):
       initial_assignments=FLAGS.initial_assignments,
       class_lambda_scale=FLAGS.class_lambda_scale,
       stop_assignment_gradients=FLAGS.stop_assignment_gradients,
+      class_iterations=FLAGS.class_iterations,
       model=FLAGS.model,
       cnn_channels=FLAGS.cnn_channels, cnn_hidden=FLAGS.cnn_hidden)
 
@@ -245,7 +251,8 @@ def _warn_if_margin_unreachable(config):
         'loss cannot reach zero. Raise --final_lambda or lower '
         '--margin_end.', gap, config.num_classes,
         config.routing(lambda_scale=config.class_lambda_scale)
-        .inverse_temperature(config.iterations - 1), FLAGS.margin_end)
+        .inverse_temperature(config.class_layer_iterations - 1),
+        FLAGS.margin_end)
 
 
 def _train_config():

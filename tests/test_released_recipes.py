@@ -13,6 +13,7 @@ import experiments
 import model
 import procedure1
 from nets import initializers
+from nets import layers
 from nets import receptive_fields
 from nets import routing as em
 
@@ -252,3 +253,21 @@ def test_recipe_builds_and_trains_finitely(recipe):
               for _ in range(3)]
   assert config.iterations == 3 or recipe == 'identity'
   assert np.all(np.isfinite(losses)), losses
+
+
+@pytest.mark.parametrize('class_iterations,expected', [(0, 1), (3, 3)])
+def test_class_iterations_route_the_class_capsules_only(class_iterations,
+                                                        expected):
+  """--class_iterations changes the class capsules' iterations, not the
+  ConvCaps layers'; 0 keeps --iterations."""
+  config = model.ModelConfig(iterations=1, class_iterations=class_iterations,
+                             a=4, b=3, c=3, d=3)
+  with tf.Graph().as_default():
+    config.build(tf.zeros([2, 28, 28, 1]))
+    traces = {trace.name.split('/')[-1]: len(trace.iterations)
+              for trace in tf.compat.v1.get_collection(layers.TRACES)}
+  del traces['primary_caps']  # no routing
+  assert traces == {'conv_caps1': 1, 'conv_caps2': 1, 'class_caps': expected}
+  assert config.class_layer_iterations == expected
+  with pytest.raises(ValueError, match='class_iterations'):
+    model.ModelConfig(class_iterations=-1)

@@ -35,6 +35,8 @@ default_i2 default 2 5000
 default_i3_stopgrad default 3 5000 --stop_assignment_gradients
 default_i3_var1e-2 default 3 5000 --min_variance=1e-2
 default_i3_var1e-1 default 3 5000 --min_variance=1e-1
+default_i1_class3 default 1 5000 --class_iterations=3
+default_i3_class1 default 3 5000 --class_iterations=1
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
 echo "$RUNS" | while read -r name recipe iterations steps extra; do

@@ -17,7 +17,8 @@ from nets import shapes
 def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
                 a=32, b=32, c=32, d=32, coordinate_addition=True,
                 conv1_padding='VALID', class_routing=None,
-                init=layers.Initialization(), name='capsules_v0'):
+                init=layers.Initialization(), class_iterations=None,
+                name='capsules_v0'):
   """Builds the network.
 
   Args:
@@ -34,6 +35,8 @@ def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
     class_routing: a `layers.Routing` for the class capsules, or None for
       `routing` (the authors scale the class layer's inverse temperature).
     init: an `initializers.Initialization` for every variable.
+    class_iterations: EM routing iterations of the class capsules, or None
+      for `iterations` (a diagnostic: where do the iterations help?).
     name: variable scope.
 
   Returns:
@@ -51,6 +54,7 @@ def capsules_v0(inputs, num_classes, iterations, routing=layers.Routing(),
                                routing, init, name='conv_caps1')
     net = layers.capsules_conv(net, [3, 3, c, d], [1, 1, 1, 1], iterations,
                                routing, init, name='conv_caps2')
-    return layers.capsules_fc(net, num_classes, iterations,
+    return layers.capsules_fc(net, num_classes,
+                              class_iterations or iterations,
                               coordinate_addition, class_routing or routing,
                               init, name='class_caps')
