@@ -364,6 +364,16 @@ def _hooks(step, deployment, saver):
   return hooks
 
 
+def _train_steps(session, step, start, deployment):
+  """Runs training steps from `start` until the hooks stop the session."""
+  logging.info('Training from step %d to %d in %s on %s.', start,
+               FLAGS.max_steps, FLAGS.train_dir, deployment.describe())
+  if deployment.is_chief:
+    _record_start(start)
+  while not session.should_stop():
+    session.run(step.outputs['train_op'])
+
+
 def train(config, dataset, deployment, session_config):
   """Runs the training loop until --max_steps."""
   strategy = deployment_lib.make_strategy(deployment)
@@ -396,12 +406,11 @@ def train(config, dataset, deployment, session_config):
         stop_grace_period_secs=5, config=session_config) as session:
       start = session.run_step_fn(
           lambda step_context: step_context.session.run(step.global_step))
-      logging.info('Training from step %d to %d in %s on %s.', start,
-                   FLAGS.max_steps, FLAGS.train_dir, deployment.describe())
-      if deployment.is_chief:
-        _record_start(start)
-      while not session.should_stop():
-        session.run(step.outputs['train_op'])
+      if start >= FLAGS.max_steps:
+        logging.info('%s is at step %d already, --max_steps=%d: nothing to '
+                     'train.', FLAGS.train_dir, start, FLAGS.max_steps)
+      else:
+        _train_steps(session, step, start, deployment)
   if watchdog:
     watchdog.stop()
 

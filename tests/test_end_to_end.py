@@ -86,7 +86,10 @@ def test_a_run_from_before_conv1_padding_resumes_as_valid(data_dir,
   del record['conv1_padding']
   with open(path, 'w') as f:
     json.dump(record, f)
-  _succeeded(_run('train.py', '--max_steps=2', *args))
+  # Already at --max_steps: the config is rewritten, no step is trained.
+  result = _succeeded(_run('train.py', '--max_steps=1', *args))
+  assert 'nothing to train' in result.stderr
+  assert not os.path.exists(os.path.join(train_dir, 'model.ckpt-2.index'))
   with open(path) as f:
     assert json.load(f)['conv1_padding'] == 'VALID'
   _failed(_run('train.py', '--max_steps=3', '--conv1_padding=SAME', *args),
