@@ -14,7 +14,7 @@
 # A finished training run is skipped and an interrupted one resumes.
 set -eu
 cd "$(dirname "$0")/../.."
-STEPS=5000
+STEPS=${STEPS:-5000}
 
 train_and_evaluate() {
   local dir=$1; shift
