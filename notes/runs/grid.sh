@@ -39,6 +39,7 @@ default_i1_class3 default 1 5000 --class_iterations=3
 default_i3_class1 default 3 5000 --class_iterations=1
 default_i3_var1 default 3 5000 --min_variance=1
 default_i1_var1e-1 default 1 5000 --min_variance=1e-1
+default_i3_var1e-1_recon default 3 5000 --min_variance=1e-1 --reconstruction_weight=0.0005
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
 echo "$RUNS" | while read -r name recipe iterations steps extra; do
