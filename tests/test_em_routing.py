@@ -277,7 +277,7 @@ def test_stopped_assignment_gradients_are_the_last_m_step_at_fixed_r(conv):
     routed = session.run(last_assignments)
     expected = session.run(reference, {fixed: routed})
   np.testing.assert_allclose(stopped[0], full[0], rtol=1e-6)
-  for got, want, through in zip(stopped[1:], expected[1:], full[1:]):
+  for got, want in zip(stopped[1:], expected[1:]):
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   assert not np.allclose(full[1], stopped[1], rtol=1e-3, atol=1e-4)
