@@ -81,17 +81,17 @@ def _measure(config, session_config, checkpoint):
 
 def _table(layers, min_variance):
   """The printed table, a line per layer."""
-  lines = [f'{"layer":<26} {"mean |mu|":>9} {"class sd":>8} {"a > 0.5":>7} '
+  lines = [f'{"layer":<26} {"mean |mu|":>9} {"class sd":>9} {"a > 0.5":>7} '
            f'{"sigma^2":>9} {"< floor":>7}  H / log K per iteration',
-           f'{"":<26} {"":>9} {"":>8} {"":>7} (floor {min_variance:g})']
+           f'{"":<26} {"":>9} {"":>9} {"":>7} (floor {min_variance:g})']
   for name, stats in layers.items():
     variance = (f'{stats["variance"]:9.2e}' if 'variance' in stats
                 else f'{"-":>9}')
     below = (f'{stats["below_floor"]:7.3f}' if 'below_floor' in stats
              else f'{"-":>7}')
     entropy = ' '.join(f'{v:.3f}' for v in stats.get('entropy', [])) or '-'
-    lines.append(f'{name:<26} {stats["mean_abs_pose"]:9.4f} '
-                 f'{stats["within_class_sd"]:8.4f} {stats["active"]:7.3f} '
+    lines.append(f'{name:<26} {stats["mean_abs_pose"]:9.2e} '
+                 f'{stats["within_class_sd"]:9.2e} {stats["active"]:7.3f} '
                  f'{variance} {below}  {entropy}')
   return '\n'.join(lines)
 

@@ -115,9 +115,9 @@ def main(argv):
       config, session_config, checkpoint)
   magnitude, spread = evaluation.pose_spread(poses, labels)
   print(f'{checkpoint}: true-class poses of {len(labels)} test images')
-  print('entry h        ' + ' '.join(f'{h:>6d}' for h in range(16)))
-  print('mean |mu^h|    ' + ' '.join(f'{v:6.3f}' for v in magnitude))
-  print('within-class sd' + ' '.join(f'{v:6.3f}' for v in spread))
+  print('entry h        ' + ''.join(f'{h:>9d}' for h in range(16)))
+  print('mean |mu^h|    ' + ''.join(f'{v:9.2e}' for v in magnitude))
+  print('within-class sd' + ''.join(f'{v:9.2e}' for v in spread))
   if reconstructions is not None:
     decoder = evaluation.squared_error(images, reconstructions)
     class_mean = evaluation.squared_error(
