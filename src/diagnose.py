@@ -104,7 +104,9 @@ def main(argv):
   step, seen, layers = _measure(config, session_config, checkpoint)
   routed = (f'{config.iterations} routing iterations' +
             (f', {config.class_layer_iterations} in the class capsules'
-             if config.class_layer_iterations != config.iterations else ''))
+             if config.class_layer_iterations != config.iterations else '') +
+            (f', ConvCaps E-step over {config.e_step_normalization}'
+             if config.e_step_normalization != 'all_parents' else ''))
   print(f'{checkpoint}: {seen} test images, {routed}')
   print(_table(layers, config.min_variance))
   output = FLAGS.output or os.path.join(FLAGS.train_dir, 'diagnostics',
@@ -116,6 +118,8 @@ def main(argv):
                               'class_iterations':
                                   config.class_layer_iterations,
                               'min_variance': config.min_variance,
+                              'e_step_normalization':
+                                  config.e_step_normalization,
                               'layers': layers}, indent=2)
   print(f'written to {output}')
 

@@ -9,7 +9,11 @@ batch, in the graph:
     parents (C types times the positions that see it): 1 for the uniform
     start, 0 for a child given wholly to one parent; averaged over the
     children. (Procedure 1's assignments sum to 1 over the parents; the
-    authors' per-slot start gives a child in n positions n.)
+    authors' per-slot start gives a child in n positions n.) Under
+    `e_step_normalization` 'parent_types' or 'parent_positions' a child
+    keeps a share in every position or every type, so H_i cannot fall
+    below log n_i or log C: the floor is log n_i / log K_i or
+    log C / log K_i, not 0.
   * the variances (sigma_j^h)^2 of the last M-step, without the floor: their
     mean, and the fraction of them below the floor;
   * the fraction of capsules with activation a > 0.5;

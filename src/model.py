@@ -74,6 +74,8 @@ class ModelConfig:
       (the authors' code: 1/4).
     stop_assignment_gradients: no gradient through the E-steps' R_ij
       (nets/routing.py).
+    e_step_normalization: the parents over which a ConvCaps child's
+      assignments sum to 1 (nets/routing.py).
     class_iterations: EM routing iterations of the class capsules; 0 for
       `iterations` (then every capsule layer routes `iterations` times).
     model: one of MODELS. With 'cnn_baseline' the network is
@@ -107,6 +109,7 @@ class ModelConfig:
   class_lambda_scale: float = 1.0
   stop_assignment_gradients: bool = False
   class_iterations: int = 0
+  e_step_normalization: str = 'all_parents'
   model: str = 'capsules'
   cnn_channels: int = 32
   cnn_hidden: int = 1024
@@ -132,7 +135,9 @@ class ModelConfig:
     initializers.get(self.initialization)
     for name, choices in (('activation_cost', em.ACTIVATION_COSTS),
                           ('cost_scale', em.COST_SCALES),
-                          ('initial_assignments', em.INITIAL_ASSIGNMENTS)):
+                          ('initial_assignments', em.INITIAL_ASSIGNMENTS),
+                          ('e_step_normalization',
+                           em.E_STEP_NORMALIZATIONS)):
       if getattr(self, name) not in choices:
         raise ValueError(f'{name} must be one of {choices}, got '
                          f'{getattr(self, name)!r}')
@@ -191,6 +196,7 @@ class ModelConfig:
         fused_votes=fused_votes, activation_cost=self.activation_cost,
         cost_scale=self.cost_scale, pose_damping=self.pose_damping,
         initial_assignments=self.initial_assignments,
+        e_step_normalization=self.e_step_normalization,
         stop_assignment_gradients=self.stop_assignment_gradients)
 
   def largest_activation_gap(self):

@@ -84,6 +84,12 @@ flags.DEFINE_enum('initial_assignments', 'per_child',
 flags.DEFINE_bool('stop_assignment_gradients', False, 'Hold the E-steps\' '
                   'assignments R_ij constant in the gradient (notes/'
                   'recipes.md).')
+flags.DEFINE_enum('e_step_normalization', 'all_parents',
+                  list(em.E_STEP_NORMALIZATIONS),
+                  "The parents over which a ConvCaps child's assignments sum "
+                  'to 1: all (Procedure 1), the types at each position, or '
+                  "the positions of each type (the authors' code; "
+                  'notes/recipes.md).')
 flags.DEFINE_float('class_lambda_scale', 1.0, 'Factor on the class '
                    "capsules' inverse temperature (the authors' code: 1/4).")
 flags.DEFINE_float('reconstruction_weight', 0.0,
@@ -226,6 +232,7 @@ def _model_config(num_classes, previous):
       class_lambda_scale=FLAGS.class_lambda_scale,
       stop_assignment_gradients=FLAGS.stop_assignment_gradients,
       class_iterations=FLAGS.class_iterations,
+      e_step_normalization=FLAGS.e_step_normalization,
       model=FLAGS.model,
       cnn_channels=FLAGS.cnn_channels, cnn_hidden=FLAGS.cnn_hidden)
 

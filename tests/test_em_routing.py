@@ -281,3 +281,85 @@ def test_stopped_assignment_gradients_are_the_last_m_step_at_fixed_r(conv):
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   assert not np.allclose(full[1], stopped[1], rtol=1e-3, atol=1e-4)
+
+
+def _groups(child_ids, num_types, normalization):
+  """Group id [P, C, I] of every slot and type: the parents among which a
+  child's assignments sum to 1."""
+  num_positions, num_slots = child_ids.shape
+  slots = np.arange(num_positions * num_slots).reshape(child_ids.shape)
+  types = np.arange(num_types)[None, :, None]
+  key = {'all_parents': child_ids[:, None, :] + 0 * types,
+         'parent_types': slots[:, None, :] + 0 * types,
+         'parent_positions': child_ids[:, None, :] * num_types + types}
+  return key[normalization]
+
+
+def _numpy_e_step(votes, poses, variances, logits, groups):
+  """R = a_j p_j / sum over the group of a_k p_k, by explicit group sums."""
+  log_p = (-0.5 * np.sum((votes - poses[:, :, :, None]) ** 2 /
+                         variances[:, :, :, None], axis=-1) -
+           0.5 * np.sum(np.log(2 * np.pi * variances), axis=-1)[..., None])
+  numerators = np.exp(log_p - np.log1p(np.exp(-logits))[..., None])
+  totals = np.stack([np.bincount(groups.ravel(), x.ravel())
+                     for x in numerators])
+  return numerators / totals[:, groups]
+
+
+@pytest.mark.parametrize('log_space', [False, True])
+@pytest.mark.parametrize('normalization', em.E_STEP_NORMALIZATIONS)
+def test_e_step_normalisations_match_numpy(normalization, log_space):
+  """Each ConvCaps E-step normalisation divides by its own group's sum:
+  every parent of the child, the types in one slot, or the positions of
+  one type; and the log-space gradient is that of the plain formula."""
+  rng = np.random.default_rng(11)
+  child_ids = _conv_child_ids(7, 3, 2, num_in=3)  # children shared by 4
+  votes, _, _, _ = _problem(rng, 9, 4, 27, scale=0.3)
+  poses = rng.normal(0, 0.3, size=(2, 9, 4, 16)).astype(np.float32)
+  variances = rng.uniform(0.2, 1.0, size=(2, 9, 4, 16)).astype(np.float32)
+  logits = rng.normal(size=(2, 9, 4)).astype(np.float32)
+  weights = rng.normal(size=votes.shape[:4]).astype(np.float32)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    inputs = [tf.constant(x) for x in (votes, poses, variances, logits)]
+    assignments = {
+        space: em.e_step(*inputs, child_ids=child_ids, log_space=space,
+                         normalization=normalization)
+        for space in (False, True)}
+    gradients = {space: tf.gradients(tf.reduce_sum(r * weights), inputs)
+                 for space, r in assignments.items()}
+    got, gradient, plain_gradient = session.run(
+        [assignments[log_space], gradients[log_space], gradients[False]])
+  groups = _groups(child_ids, 4, normalization)
+  expected = _numpy_e_step(votes, poses, variances, logits, groups)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+  totals = np.stack([np.bincount(groups.ravel(), r.ravel()) for r in got])
+  np.testing.assert_allclose(totals[:, np.unique(groups)], 1.0, rtol=1e-5)
+  for log_grad, plain in zip(gradient, plain_gradient):
+    np.testing.assert_allclose(log_grad, plain, rtol=1e-3, atol=1e-5)
+
+
+def test_e_step_normalisations_differ_in_conv_layers_only():
+  """Routed by each normalisation, a ConvCaps layer's outputs differ; a
+  fully connected layer's child has only the types as parents, so there
+  the three agree."""
+  rng = np.random.default_rng(12)
+  child_ids = _conv_child_ids(5, 3, 1, num_in=2)
+  conv_problem = _problem(rng, 9, 4, 18, scale=0.5)
+  conv_problem = (conv_problem[0], _child_activations(rng, child_ids),
+                  *conv_problem[2:])
+  fc_problem = _problem(rng, 1, 5, 12, scale=0.5)
+  conv, fc = {}, {}
+  for normalization in em.E_STEP_NORMALIZATIONS:
+    conv[normalization] = _run(*conv_problem, 3, child_ids=child_ids,
+                               e_step_normalization=normalization,
+                               **STABILISED)[:2]
+    fc[normalization] = _run(*fc_problem, 3,
+                             e_step_normalization=normalization,
+                             **STABILISED)[:2]
+  for normalization in em.E_STEP_NORMALIZATIONS[1:]:
+    assert not np.allclose(conv[normalization][0], conv['all_parents'][0],
+                           rtol=1e-3, atol=1e-4)
+    for got, want in zip(fc[normalization], fc['all_parents']):
+      np.testing.assert_allclose(got, want, rtol=1e-6)
+  with pytest.raises(ValueError, match='e_step_normalization'):
+    _run(*fc_problem, 2, e_step_normalization='per_child')

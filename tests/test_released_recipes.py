@@ -271,3 +271,13 @@ def test_class_iterations_route_the_class_capsules_only(class_iterations,
   assert config.class_layer_iterations == expected
   with pytest.raises(ValueError, match='class_iterations'):
     model.ModelConfig(class_iterations=-1)
+
+
+def test_e_step_normalization_reaches_every_layer_and_is_checked():
+  config = model.ModelConfig(e_step_normalization='parent_types')
+  assert config.routing().e_step_normalization == 'parent_types'
+  assert config.routing(lambda_scale=0.5).e_step_normalization == (
+      'parent_types')
+  assert model.ModelConfig().e_step_normalization == 'all_parents'
+  with pytest.raises(ValueError, match='e_step_normalization'):
+    model.ModelConfig(e_step_normalization='per_child')

@@ -40,6 +40,11 @@ default_i3_class1 default 3 5000 --class_iterations=1
 default_i3_var1 default 3 5000 --min_variance=1
 default_i1_var1e-1 default 1 5000 --min_variance=1e-1
 default_i3_var1e-1_recon default 3 5000 --min_variance=1e-1 --reconstruction_weight=0.0005
+default_i3_var1e-1_types default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_types --initial_assignments=per_slot
+default_i3_var1e-1_positions default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions
+default_i1_var1e-1_perslot default 1 5000 --min_variance=1e-1 --initial_assignments=per_slot
+default_i3_types default 3 5000 --e_step_normalization=parent_types --initial_assignments=per_slot
+default_i3_positions default 3 5000 --e_step_normalization=parent_positions
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
 echo "$RUNS" | while read -r name recipe iterations steps extra; do

@@ -60,7 +60,7 @@ class Routing:
   notes/em_routing.md explains each stabiliser, and notes/recipes.md the
   released codes' departures: `activation_cost`, `cost_scale`,
   `pose_damping` and `initial_assignments` (see routing.em_routing), and
-  this project's `stop_assignment_gradients`. Three switches change the
+  this project's `e_step_normalization` and `stop_assignment_gradients`. Three switches change the
   speed, not the maths (notes/performance.md): `fused_votes` lets every M-
   and E-step of a ConvCaps layer recompute the votes in CPU kernels instead
   of storing them (nets/fused_votes.py); where the kernels are unavailable
@@ -76,6 +76,7 @@ class Routing:
   cost_scale: str = 'none'
   pose_damping: float = 0.0
   initial_assignments: str = 'per_child'
+  e_step_normalization: str = 'all_parents'
   stop_assignment_gradients: bool = False
   xla: bool = False
   vote_moments: bool = True

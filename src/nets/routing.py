@@ -54,7 +54,17 @@ brackets (notes/recipes.md):
                         in n parent positions sends n times its
                         activation (authors)                    ['per_child']
 
-A departure of this project's, switchable (notes/recipes.md):
+Departures of this project's, switchable (notes/recipes.md):
+  e_step_normalization  the parents over which a ConvCaps child's
+                        assignments sum to 1: 'all_parents' (every
+                        position x every type, Procedure 1),
+                        'parent_types' (the C types, each slot on its
+                        own), 'parent_positions' (the positions, each
+                        type on its own: the authors' ConvCaps
+                        E-step, at its correct geometry). A fully
+                        connected layer's child has only the C types
+                        as parents, so there every mode is
+                        'all_parents'                 ['all_parents']
   stop_assignment_gradients
                         hold each E-step's R_ij constant in the
                         gradient: the loss differentiates the last
@@ -79,6 +89,7 @@ _COST_VARIANCE_FLOOR = 1e-4
 ACTIVATION_COSTS = ('paper', 'authors')
 COST_SCALES = ('none', 'ibm')
 INITIAL_ASSIGNMENTS = ('per_child', 'per_slot')
+E_STEP_NORMALIZATIONS = ('all_parents', 'parent_types', 'parent_positions')
 
 # The authors' logit: H (1 + ln 2 pi) multiplies beta_v per pose component,
 # 5000 multiplies beta_a (google-research capsule_em, em_layers.py).
@@ -280,40 +291,53 @@ def log_gaussian_density(votes, poses, variances):
   return -exponent - log_normaliser[..., None]
 
 
-def _sum_over_parents(values, child_ids, reduce_fn):
+def _reduce_over_positions(values, child_ids, reduce_fn):
   """Reduces per-slot values over every slot of the same child.
 
   Args:
-    values: [N, P, I], already reduced over the C parent types.
+    values: [N, P, C', I], C' the parent types or 1.
     child_ids: int array [P, I].
     reduce_fn: tf.math.unsorted_segment_sum or unsorted_segment_max.
 
   Returns:
-    [N, P, I]: each slot holds the reduction over all slots of its child.
+    [N, P, C', I]: each slot holds the reduction over all slots of its
+    child, separately for each of the C'.
   """
-  slots_first = tf.transpose(values, [1, 2, 0])  # [P, I, N]
+  slots_first = tf.transpose(values, [1, 3, 0, 2])  # [P, I, N, C']
   per_child = reduce_fn(slots_first, child_ids, int(child_ids.max()) + 1)
-  return tf.transpose(tf.gather(per_child, child_ids), [2, 0, 1])
+  return tf.transpose(tf.gather(per_child, child_ids), [2, 0, 3, 1])
 
 
-def _normalize_log_space(log_numerators, child_ids):
-  """R_ij = exp(x_ij) / sum_k exp(x_ik) over all parents k of child i.
+def _over_parents(values, child_ids, normalization, reduction):
+  """Sums (reduction 'sum') or maximises ('max') [N, P, C, I] over the
+  parents among which a child's assignments are normalised; returns
+  [N, P, C or 1, I], broadcastable to the input."""
+  over_types = tf.reduce_sum if reduction == 'sum' else tf.reduce_max
+  over_slots = (tf.math.unsorted_segment_sum if reduction == 'sum'
+                else tf.math.unsorted_segment_max)
+  if child_ids is None or normalization == 'parent_types':
+    return over_types(values, axis=2, keepdims=True)
+  if normalization == 'parent_positions':
+    return _reduce_over_positions(values, child_ids, over_slots)
+  return _reduce_over_positions(over_types(values, axis=2, keepdims=True),
+                                child_ids, over_slots)
+
+
+def _normalize_log_space(log_numerators, child_ids, normalization):
+  """R_ij = exp(x_ij) / sum_k exp(x_ik) over the parents k of child i.
 
   The gradient, dx_ij = R_ij (dR_ij - sum_k R_ik dR_ik), is written out so
   that only R is kept for it, not the exponentials as well.
   """
-  if child_ids is None:
+  if child_ids is None or normalization == 'parent_types':
     return tf.nn.softmax(log_numerators, axis=2)
 
-  def over_parents(values):  # [N, P, C, I] -> sum over every parent, per slot
-    return _sum_over_parents(tf.reduce_sum(values, axis=2), child_ids,
-                             tf.math.unsorted_segment_sum)[:, :, None, :]
+  def over_parents(values):
+    return _over_parents(values, child_ids, normalization, 'sum')
 
   @tf.custom_gradient
   def normalize(x):
-    shift = _sum_over_parents(tf.reduce_max(x, axis=2), child_ids,
-                              tf.math.unsorted_segment_max)  # [N, P, I]
-    numerators = tf.exp(x - shift[:, :, None, :])
+    numerators = tf.exp(x - _over_parents(x, child_ids, normalization, 'max'))
     assignments = numerators / over_parents(numerators)
     return assignments, lambda d: assignments * (
         d - over_parents(assignments * d))
@@ -321,15 +345,14 @@ def _normalize_log_space(log_numerators, child_ids):
   return normalize(log_numerators)
 
 
-def _normalize(numerators, child_ids):
-  """R_ij = x_ij / sum_k x_ik over all parents k of child i."""
-  totals = tf.reduce_sum(numerators, axis=2)  # [N, P, I]
-  if child_ids is not None:
-    totals = _sum_over_parents(totals, child_ids, tf.math.unsorted_segment_sum)
-  return numerators / totals[:, :, None, :]
+def _normalize(numerators, child_ids, normalization):
+  """R_ij = x_ij / sum_k x_ik over the parents k of child i."""
+  return numerators / _over_parents(numerators, child_ids, normalization,
+                                    'sum')
 
 
-def e_step(votes, poses, variances, logits, child_ids=None, log_space=False):
+def e_step(votes, poses, variances, logits, child_ids=None, log_space=False,
+           normalization='all_parents'):
   """E-STEP(mu, sigma, a, V, i) for every child i.
 
   p_j = exp(-sum_h (V_ij^h - mu_j^h)^2 / (2 (sigma_j^h)^2))
@@ -343,6 +366,9 @@ def e_step(votes, poses, variances, logits, child_ids=None, log_space=False):
     logits: activation logits, a_j = logistic(logits) [N, P, C].
     child_ids: int array [P, I] for a convolutional layer, else None.
     log_space: compute log(a_j p_j) and normalise with a max shift.
+    normalization: one of E_STEP_NORMALIZATIONS, the parents k of the sum
+      (module docstring); only a convolutional layer's children have a
+      choice.
 
   Returns:
     assignments R_ij [N, P, C, I].
@@ -350,9 +376,9 @@ def e_step(votes, poses, variances, logits, child_ids=None, log_space=False):
   log_p = log_gaussian_density(votes, poses, variances)
   if log_space:
     log_a = tf.math.log_sigmoid(logits)[..., None]
-    return _normalize_log_space(log_a + log_p, child_ids)
-  a = tf.sigmoid(logits)[..., None]
-  return _normalize(a * tf.exp(log_p), child_ids)
+    return _normalize_log_space(log_a + log_p, child_ids, normalization)
+  a = tf.math.sigmoid(logits)[..., None]
+  return _normalize(a * tf.exp(log_p), child_ids, normalization)
 
 
 def cost_scale_factor(cost_scale, votes_shape):
@@ -372,6 +398,7 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
                vote_moments=None, trace=None, activation_cost='paper',
                cost_scale='none', pose_damping=0.0,
                initial_assignments='per_child',
+               e_step_normalization='all_parents',
                stop_assignment_gradients=False):
   """Procedure 1: routes votes to parents by EM.
 
@@ -398,6 +425,8 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
     activation_cost, cost_scale, pose_damping, initial_assignments: the
       released codes' departures (see the module docstring); the defaults
       are the paper's.
+    e_step_normalization, stop_assignment_gradients: this project's
+      departures (see the module docstring); the defaults are the paper's.
 
   Returns:
     poses mu_j [N, P, C, H], activations a_j [N, P, C] and the assignments
@@ -408,6 +437,9 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
   if initial_assignments not in INITIAL_ASSIGNMENTS:
     raise ValueError(f'initial_assignments must be one of '
                      f'{INITIAL_ASSIGNMENTS}, got {initial_assignments!r}')
+  if e_step_normalization not in E_STEP_NORMALIZATIONS:
+    raise ValueError(f'e_step_normalization must be one of '
+                     f'{E_STEP_NORMALIZATIONS}, got {e_step_normalization!r}')
   schedule = _as_schedule(inverse_temperature)
   scale = cost_scale_factor(cost_scale, votes.shape)
   assignments = uniform_assignments(
@@ -425,7 +457,7 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
         trace.append({'assignments': assignments, 'variances': variances})
       if t < iterations - 1:
         assignments = e_step(votes, poses, variances, logits, child_ids,
-                             log_space)
+                             log_space, e_step_normalization)
         if stop_assignment_gradients:
           assignments = tf.stop_gradient(assignments)
   return poses, tf.sigmoid(logits), assignments
