@@ -183,9 +183,10 @@ class ModelConfig:
     return self.class_iterations or self.iterations
 
   def routing(self, xla=False, vote_moments=True, fused_votes=True,
-              lambda_scale=1.0):
+              lambda_scale=1.0, e_step_annealing=1.0):
     """The `layers.Routing` of the ConvCaps layers; with `lambda_scale`, of
-    a layer whose inverse temperature is scaled (the class capsules')."""
+    a layer whose inverse temperature is scaled (the class capsules');
+    `e_step_annealing` is the training's (nets/routing.py)."""
     return layers.Routing(
         inverse_temperature=schedules.inverse_temperature(
             self.inverse_temperature_schedule,
@@ -197,6 +198,7 @@ class ModelConfig:
         cost_scale=self.cost_scale, pose_damping=self.pose_damping,
         initial_assignments=self.initial_assignments,
         e_step_normalization=self.e_step_normalization,
+        e_step_annealing=e_step_annealing,
         stop_assignment_gradients=self.stop_assignment_gradients)
 
   def largest_activation_gap(self):
@@ -209,7 +211,7 @@ class ModelConfig:
         self.cost_standardization)
 
   def build(self, images, xla=False, vote_moments=True, fused_votes=True,
-            training=False):
+            training=False, e_step_annealing=1.0):
     """The network on images [N, H, W, channels].
 
     Args:
@@ -221,6 +223,9 @@ class ModelConfig:
       These change the speed, not the maths (notes/performance.md).
       training: the training graph (the baseline's dropout); the capsule
         network is the same either way.
+      e_step_annealing: beta of every E-step, a float or a scalar tensor
+        (nets/routing.py); 1, Procedure 1, except while training warms the
+        routing up.
 
     Returns:
       poses [N, num_classes, 4, 4] and activations [N, num_classes]; for
@@ -230,12 +235,13 @@ class ModelConfig:
       return None, tf.nn.softmax(self.logits(images, training))
     return capsules.capsules_v0(
         images, self.num_classes, self.iterations,
-        self.routing(xla, vote_moments, fused_votes),
+        self.routing(xla, vote_moments, fused_votes,
+                     e_step_annealing=e_step_annealing),
         a=self.a, b=self.b, c=self.c, d=self.d,
         coordinate_addition=self.coordinate_addition,
         conv1_padding=self.conv1_padding,
         class_routing=self.routing(xla, vote_moments, fused_votes,
-                                   self.class_lambda_scale),
+                                   self.class_lambda_scale, e_step_annealing),
         init=initializers.get(self.initialization),
         class_iterations=self.class_layer_iterations)
 

@@ -115,6 +115,10 @@ flags.DEFINE_enum('margin_schedule', 'linear',
 flags.DEFINE_float('margin_start', 0.2, 'Initial spread-loss margin.')
 flags.DEFINE_float('margin_end', 0.9, 'Final spread-loss margin.')
 flags.DEFINE_integer('margin_ramp_steps', 5000, 'Steps of the margin ramp.')
+flags.DEFINE_integer('routing_warmup_steps', 0, 'Raise the E-steps\' '
+                     'annealing beta, R ~ (a p)^beta, from 0 (uniform '
+                     'assignments) to 1 (Procedure 1) over this many steps '
+                     '(0 = off; notes/recipes.md).')
 # Bookkeeping.
 flags.DEFINE_integer('log_every_n_steps', 50, 'Log progress every N steps.')
 flags.DEFINE_integer('save_summaries_steps', 200, 'Summaries every N steps.')
@@ -163,9 +167,10 @@ def _validate_flags():
                'keep_checkpoint_max'):
     if FLAGS[name].value < 1:
       raise app.UsageError(f'--{name} must be >= 1, got {FLAGS[name].value}')
-  if FLAGS.class_iterations < 0:
-    raise app.UsageError('--class_iterations must be >= 0 (0: --iterations), '
-                         f'got {FLAGS.class_iterations}')
+  for name in ('class_iterations', 'routing_warmup_steps'):
+    if FLAGS[name].value < 0:
+      raise app.UsageError(f'--{name} must be >= 0 (0: off), got '
+                           f'{FLAGS[name].value}')
   for name in ('learning_rate', 'learning_rate_decay_rate'):
     if FLAGS[name].value <= 0:
       raise app.UsageError(f'--{name} must be > 0, got {FLAGS[name].value}')
@@ -327,6 +332,8 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
                       if 'reconstruction_loss' in values else '')
     margin = (f"  margin {values['margin']:.3f}" if 'margin' in values
               else '')  # the cnn_baseline has none
+    if 'e_step_annealing' in values:
+      margin += f"  beta {values['e_step_annealing']:.3f}"
     logging.info(
         'step %d  loss %.4f%s  lr %.2e  |g| %.3f  train acc %.3f%s'
         '  %.1f images/s  ETA %s', step, values['loss'], margin,

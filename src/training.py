@@ -24,6 +24,17 @@ class TrainConfig:
   margin_start: float = 0.2
   margin_end: float = 0.9
   margin_ramp_steps: int = 5000
+  routing_warmup_steps: int = 0
+
+
+def e_step_annealing(config, global_step):
+  """beta of the E-steps (nets/routing.py): 1, Procedure 1, or with
+  `routing_warmup_steps` = W, min(1, step / W): deterministic annealing
+  (Ueda & Nakano 1998) from the uniform assignments up to EM's."""
+  if config.routing_warmup_steps <= 0:
+    return 1.0
+  return tf.minimum(1.0, tf.cast(global_step, tf.float32) /
+                    config.routing_warmup_steps)
 
 
 def learning_rate(config, global_step):
@@ -64,7 +75,8 @@ def build(images, labels, model_config, train_config, xla=False,
 
   Returns:
     dict of scalar tensors (loss, learning_rate, gradient_norm,
-    train_accuracy, global_step; margin for the capsule network, and
+    train_accuracy, global_step; margin for the capsule network,
+    e_step_annealing while it warms the routing up, and
     reconstruction_loss when it reconstructs), class activations
     [N, classes] (the cnn_baseline's softmax probabilities) under
     'activations' and the train op under 'train_op'.
@@ -78,8 +90,12 @@ def build(images, labels, model_config, train_config, xla=False,
         labels=labels, logits=logits))
   else:
     if network is None:
-      poses, activations = model_config.build(images, xla, vote_moments,
-                                               fused_votes, training=True)
+      annealing = e_step_annealing(train_config, global_step)
+      if train_config.routing_warmup_steps > 0:
+        scalars['e_step_annealing'] = annealing
+      poses, activations = model_config.build(
+          images, xla, vote_moments, fused_votes, training=True,
+          e_step_annealing=annealing)
     else:
       poses, activations = network(images)
     scalars['margin'] = schedules.margin(

@@ -363,3 +363,51 @@ def test_e_step_normalisations_differ_in_conv_layers_only():
       np.testing.assert_allclose(got, want, rtol=1e-6)
   with pytest.raises(ValueError, match='e_step_normalization'):
     _run(*fc_problem, 2, e_step_normalization='per_child')
+
+
+@pytest.mark.parametrize('log_space', [False, True])
+@pytest.mark.parametrize('normalization', em.E_STEP_NORMALIZATIONS)
+def test_annealed_e_step_raises_numerators_to_beta(normalization, log_space):
+  """R ~ (a_j p_j)^beta within the group: beta = 0 spreads a child evenly,
+  beta = 1 (a float or a tensor) is the plain E-step."""
+  rng = np.random.default_rng(13)
+  child_ids = _conv_child_ids(5, 3, 1, num_in=2)
+  votes, _, _, _ = _problem(rng, 9, 3, 18, scale=0.3)
+  poses = rng.normal(0, 0.3, size=(2, 9, 3, 16)).astype(np.float32)
+  variances = rng.uniform(0.3, 1.0, size=(2, 9, 3, 16)).astype(np.float32)
+  logits = rng.normal(size=(2, 9, 3)).astype(np.float32)
+  groups = _groups(child_ids, 3, normalization)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    inputs = [tf.constant(x) for x in (votes, poses, variances, logits)]
+    got = session.run({
+        beta: em.e_step(*inputs, child_ids=child_ids, log_space=log_space,
+                        normalization=normalization, annealing=annealing)
+        for beta, annealing in ((0.0, 0.0), (0.5, tf.constant(0.5)),
+                                (1.0, tf.constant(1.0)), ('plain', 1.0))})
+  sizes = np.bincount(groups.ravel())[groups]
+  np.testing.assert_allclose(got[0.0], np.broadcast_to(1 / sizes,
+                                                       got[0.0].shape),
+                             rtol=1e-5)
+  plain = _numpy_e_step(votes, poses, variances, logits, groups)
+  np.testing.assert_allclose(got[1.0], plain, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(got['plain'], plain, rtol=1e-4, atol=1e-7)
+  half = np.sqrt(plain)  # (a p)^0.5 up to each group's factor
+  totals = np.stack([np.bincount(groups.ravel(), h.ravel()) for h in half])
+  np.testing.assert_allclose(got[0.5], half / totals[:, groups], rtol=1e-4,
+                             atol=1e-7)
+
+
+def test_routing_at_beta_zero_repeats_the_first_m_step():
+  """With beta = 0 every E-step returns the uniform start, so 3 iterations
+  give exactly what 1 gives; with beta = 1 they do not."""
+  rng = np.random.default_rng(14)
+  child_ids = _conv_child_ids(5, 3, 2, num_in=3)
+  votes, _, beta_v, beta_a = _problem(rng, 4, 4, 27, scale=0.5)
+  activations = _child_activations(rng, child_ids)
+  one = _run(votes, activations, beta_v, beta_a, 1, child_ids=child_ids,
+             **STABILISED)
+  for beta, same in ((0.0, True), (1.0, False)):
+    three = _run(votes, activations, beta_v, beta_a, 3, child_ids=child_ids,
+                 e_step_annealing=beta, **STABILISED)
+    for got, want in zip(three[:2], one[:2]):
+      assert np.allclose(got, want, rtol=1e-5, atol=1e-6) == same

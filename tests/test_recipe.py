@@ -14,6 +14,7 @@ import model
 import training
 from datasets import smallnorb
 from nets import decoder
+from nets import layers
 from nets import losses
 from test_smallnorb import _split_arrays
 from test_smallnorb import _write_split
@@ -126,3 +127,34 @@ def _summarised(graph, scope):
     if op.type == 'HistogramSummary' and op.name.startswith(scope):
       return op.inputs[1]
   raise KeyError(scope)
+
+
+def test_routing_warmup_raises_beta_to_one_over_its_steps():
+  config = training.TrainConfig(routing_warmup_steps=10)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    step = tf.compat.v1.placeholder(tf.int64, [])
+    beta = training.e_step_annealing(config, step)
+    values = [session.run(beta, {step: s}) for s in (0, 5, 10, 30)]
+  np.testing.assert_allclose(values, [0.0, 0.5, 1.0, 1.0])
+  assert training.e_step_annealing(training.TrainConfig(), 0) == 1.0
+
+
+def test_training_graph_reports_beta_while_warming_up():
+  """At step 0 of a warm-up, beta = 0: the second M-step of every layer
+  sees the uniform start again; without a warm-up it does not."""
+  config = model.ModelConfig(iterations=2, a=4, b=3, c=3, d=3)
+  rng = np.random.default_rng(0)
+  for warmup, warming in ((0, False), (100, True)):
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+      tf.compat.v1.set_random_seed(0)
+      graph = training.build(
+          tf.constant(rng.uniform(size=(2, 28, 28, 1)), tf.float32),
+          tf.constant([0, 1]), config,
+          training.TrainConfig(routing_warmup_steps=warmup))
+      assert ('e_step_annealing' in graph) == warming
+      session.run(tf.compat.v1.global_variables_initializer())
+      for trace in tf.compat.v1.get_collection(layers.TRACES):
+        if trace.iterations:
+          first, second = session.run([step['assignments']
+                                       for step in trace.iterations])
+          assert np.allclose(first, second, rtol=1e-6) == warming, trace.name

@@ -11,7 +11,7 @@ pose matrix M and an activation a in (0, 1).
 import contextlib
 import dataclasses
 import functools
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import tensorflow as tf
 
@@ -60,7 +60,9 @@ class Routing:
   notes/em_routing.md explains each stabiliser, and notes/recipes.md the
   released codes' departures: `activation_cost`, `cost_scale`,
   `pose_damping` and `initial_assignments` (see routing.em_routing), and
-  this project's `e_step_normalization` and `stop_assignment_gradients`. Three switches change the
+  this project's `e_step_normalization`, `e_step_annealing` (a float, or a
+  scalar tensor such as a schedule of the training step) and
+  `stop_assignment_gradients`. Three switches change the
   speed, not the maths (notes/performance.md): `fused_votes` lets every M-
   and E-step of a ConvCaps layer recompute the votes in CPU kernels instead
   of storing them (nets/fused_votes.py); where the kernels are unavailable
@@ -77,6 +79,7 @@ class Routing:
   pose_damping: float = 0.0
   initial_assignments: str = 'per_child'
   e_step_normalization: str = 'all_parents'
+  e_step_annealing: Any = 1.0
   stop_assignment_gradients: bool = False
   xla: bool = False
   vote_moments: bool = True
@@ -181,7 +184,8 @@ def _route(votes, activations, betas, iterations, routing, child_ids,
   Args: as em.em_routing; betas = (beta_v, beta_a), each [C].
   """
   beta_v, beta_a = betas
-  options = dataclasses.asdict(routing)
+  options = {field.name: getattr(routing, field.name)  # tensors uncopied
+             for field in dataclasses.fields(routing)}
   scope = (tf.compat.v1.xla.experimental.jit_scope(
       compile_ops=True, separate_compiled_gradients=False)
            if options.pop('xla') else contextlib.nullcontext())

@@ -65,6 +65,13 @@ Departures of this project's, switchable (notes/recipes.md):
                         connected layer's child has only the C types
                         as parents, so there every mode is
                         'all_parents'                 ['all_parents']
+  e_step_annealing      beta in [0, 1]: the E-step computes
+                        R_ij proportional to (a_j p_j)^beta, the
+                        deterministic annealing EM of Ueda & Nakano
+                        (1998); 0 gives the uniform R_ij of the
+                        normalisation, so every iteration repeats the
+                        first M-step. train.py raises it from 0 to 1
+                        over --routing_warmup_steps          [1.0]
   stop_assignment_gradients
                         hold each E-step's R_ij constant in the
                         gradient: the loss differentiates the last
@@ -352,7 +359,7 @@ def _normalize(numerators, child_ids, normalization):
 
 
 def e_step(votes, poses, variances, logits, child_ids=None, log_space=False,
-           normalization='all_parents'):
+           normalization='all_parents', annealing=1.0):
   """E-STEP(mu, sigma, a, V, i) for every child i.
 
   p_j = exp(-sum_h (V_ij^h - mu_j^h)^2 / (2 (sigma_j^h)^2))
@@ -369,16 +376,24 @@ def e_step(votes, poses, variances, logits, child_ids=None, log_space=False,
     normalization: one of E_STEP_NORMALIZATIONS, the parents k of the sum
       (module docstring); only a convolutional layer's children have a
       choice.
+    annealing: beta, a float or scalar tensor in [0, 1]: R_ij is
+      proportional to (a_j p_j)^beta (module docstring); 1 is Procedure 1.
 
   Returns:
     assignments R_ij [N, P, C, I].
   """
   log_p = log_gaussian_density(votes, poses, variances)
+  annealed = not (isinstance(annealing, (int, float)) and annealing == 1)
   if log_space:
-    log_a = tf.math.log_sigmoid(logits)[..., None]
-    return _normalize_log_space(log_a + log_p, child_ids, normalization)
+    log_numerators = tf.math.log_sigmoid(logits)[..., None] + log_p
+    if annealed:
+      log_numerators *= annealing
+    return _normalize_log_space(log_numerators, child_ids, normalization)
   a = tf.math.sigmoid(logits)[..., None]
-  return _normalize(a * tf.exp(log_p), child_ids, normalization)
+  numerators = a * tf.exp(log_p)
+  if annealed:
+    numerators = tf.pow(numerators, annealing)
+  return _normalize(numerators, child_ids, normalization)
 
 
 def cost_scale_factor(cost_scale, votes_shape):
@@ -398,7 +413,7 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
                vote_moments=None, trace=None, activation_cost='paper',
                cost_scale='none', pose_damping=0.0,
                initial_assignments='per_child',
-               e_step_normalization='all_parents',
+               e_step_normalization='all_parents', e_step_annealing=1.0,
                stop_assignment_gradients=False):
   """Procedure 1: routes votes to parents by EM.
 
@@ -425,8 +440,9 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
     activation_cost, cost_scale, pose_damping, initial_assignments: the
       released codes' departures (see the module docstring); the defaults
       are the paper's.
-    e_step_normalization, stop_assignment_gradients: this project's
-      departures (see the module docstring); the defaults are the paper's.
+    e_step_normalization, e_step_annealing, stop_assignment_gradients:
+      this project's departures (see the module docstring); the defaults
+      are the paper's.
 
   Returns:
     poses mu_j [N, P, C, H], activations a_j [N, P, C] and the assignments
@@ -457,7 +473,8 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
         trace.append({'assignments': assignments, 'variances': variances})
       if t < iterations - 1:
         assignments = e_step(votes, poses, variances, logits, child_ids,
-                             log_space, e_step_normalization)
+                             log_space, e_step_normalization,
+                             e_step_annealing)
         if stop_assignment_gradients:
           assignments = tf.stop_gradient(assignments)
   return poses, tf.sigmoid(logits), assignments
