@@ -68,11 +68,16 @@ def _check_paper_routing(routing):
   the released codes' departures (routing.py's second list)."""
   paper = layers.Routing()
   for name in ('activation_cost', 'cost_scale', 'pose_damping',
-               'initial_assignments', 'stop_assignment_gradients'):
+               'initial_assignments', 'e_step_normalization',
+               'stop_assignment_gradients'):
     if getattr(routing, name) != getattr(paper, name):
       raise ValueError(f'naive.py computes the paper\'s {name} only '
                        f'({getattr(paper, name)!r}), got '
                        f'{getattr(routing, name)!r}')
+  annealing = routing.e_step_annealing
+  if not (isinstance(annealing, (int, float)) and annealing == 1):
+    raise ValueError('naive.py computes the paper\'s E-step only '
+                     f'(e_step_annealing 1), got {annealing!r}')
 
 
 def _conv_caps(inputs, shape, stride, iterations, routing, name):

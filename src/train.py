@@ -171,6 +171,9 @@ def _validate_flags():
     if FLAGS[name].value < 0:
       raise app.UsageError(f'--{name} must be >= 0 (0: off), got '
                            f'{FLAGS[name].value}')
+  if FLAGS.routing_warmup_steps and FLAGS.model != 'capsules':
+    raise app.UsageError('--routing_warmup_steps anneals EM routing: only '
+                         f'--model=capsules has it, not {FLAGS.model}')
   for name in ('learning_rate', 'learning_rate_decay_rate'):
     if FLAGS[name].value <= 0:
       raise app.UsageError(f'--{name} must be > 0, got {FLAGS[name].value}')
@@ -333,7 +336,7 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
     margin = (f"  margin {values['margin']:.3f}" if 'margin' in values
               else '')  # the cnn_baseline has none
     if 'e_step_annealing' in values:
-      margin += f"  beta {values['e_step_annealing']:.3f}"
+      margin += f"  annealing {values['e_step_annealing']:.3f}"
     logging.info(
         'step %d  loss %.4f%s  lr %.2e  |g| %.3f  train acc %.3f%s'
         '  %.1f images/s  ETA %s', step, values['loss'], margin,

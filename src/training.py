@@ -149,8 +149,8 @@ def _sum_over_replicas(gradients):
       all_reduce, args=(list(gradients),))
 
 
-SUMMARIES = ('loss', 'reconstruction_loss', 'margin', 'learning_rate',
-             'gradient_norm', 'train_accuracy')
+SUMMARIES = ('loss', 'reconstruction_loss', 'margin', 'e_step_annealing',
+             'learning_rate', 'gradient_norm', 'train_accuracy')
 
 
 def add_summaries(outputs):

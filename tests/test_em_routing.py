@@ -411,3 +411,28 @@ def test_routing_at_beta_zero_repeats_the_first_m_step():
                  e_step_annealing=beta, **STABILISED)
     for got, want in zip(three[:2], one[:2]):
       assert np.allclose(got, want, rtol=1e-5, atol=1e-6) == same
+
+
+@pytest.mark.parametrize('beta', [0.0, 0.5])
+@pytest.mark.parametrize('log_space', [False, True])
+def test_annealed_e_step_gradients_finite_where_densities_underflow(
+    beta, log_space):
+  """Votes far from some parents make a_j p_j underflow to 0; the annealed
+  E-step still gives finite assignments and gradients."""
+  rng = np.random.default_rng(15)
+  votes = rng.normal(size=(1, 1, 3, 6, 16)).astype(np.float32)
+  poses = np.zeros((1, 1, 3, 16), np.float32)
+  poses[:, :, 0] = 40.0  # parent 0: exp(-16 * 40^2 / 0.02) underflows,
+  variances = np.ones((1, 1, 3, 16), np.float32)  # parents 1, 2 do not
+  variances[:, :, 0] = 0.01
+  logits = rng.normal(size=(1, 1, 3)).astype(np.float32)
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    inputs = [tf.constant(x) for x in (votes, poses, variances, logits)]
+    assignments = em.e_step(*inputs, log_space=log_space, annealing=beta)
+    gradients = tf.gradients(tf.reduce_sum(assignments * votes[..., 0]),
+                             inputs)
+    r, grads = session.run([assignments, gradients])
+  assert np.all(np.isfinite(r))
+  np.testing.assert_allclose(r.sum(axis=2), 1.0, rtol=1e-5)
+  for gradient in grads:
+    assert np.all(np.isfinite(gradient))

@@ -34,7 +34,8 @@ STABILISED = model.ModelConfig().routing()
 PLAIN = layers.Routing(inverse_temperature=lambda t: 1.0 - 0.95 ** (t + 1))
 MATHS_FIELDS = ('inverse_temperature', 'min_variance', 'cost_standardization',
                 'log_space', 'activation_cost', 'cost_scale', 'pose_damping',
-                'initial_assignments', 'stop_assignment_gradients')
+                'initial_assignments', 'e_step_normalization',
+                'e_step_annealing', 'stop_assignment_gradients')
 
 
 def _speed_switches_off(routing):
@@ -195,3 +196,12 @@ def test_network_matches_capsules_v0(iterations, speed_switches):
                                         **TINY),
       [np.random.default_rng(iterations).uniform(size=IMAGE_SHAPE)],
       iterations, rtol=1e-5, atol=1e-5, gradient_atol=2e-3)
+
+
+@pytest.mark.parametrize('change', [
+    {'e_step_normalization': 'parent_types'}, {'e_step_annealing': 0.5},
+    {'pose_damping': 0.1}])
+def test_naive_network_refuses_the_departures(change):
+  with tf.Graph().as_default(), pytest.raises(ValueError, match='naive.py'):
+    naive.capsules_v0_naive(tf.zeros(IMAGE_SHAPE), NUM_CLASSES, 2,
+                            dataclasses.replace(STABILISED, **change), **TINY)

@@ -141,7 +141,8 @@ def test_routing_warmup_raises_beta_to_one_over_its_steps():
 
 def test_training_graph_reports_beta_while_warming_up():
   """At step 0 of a warm-up, beta = 0: the second M-step of every layer
-  sees the uniform start again; without a warm-up it does not."""
+  sees the uniform start again; at the warm-up's last step, or without a
+  warm-up, it does not."""
   config = model.ModelConfig(iterations=2, a=4, b=3, c=3, d=3)
   rng = np.random.default_rng(0)
   for warmup, warming in ((0, False), (100, True)):
@@ -153,8 +154,11 @@ def test_training_graph_reports_beta_while_warming_up():
           training.TrainConfig(routing_warmup_steps=warmup))
       assert ('e_step_annealing' in graph) == warming
       session.run(tf.compat.v1.global_variables_initializer())
-      for trace in tf.compat.v1.get_collection(layers.TRACES):
-        if trace.iterations:
-          first, second = session.run([step['assignments']
-                                       for step in trace.iterations])
-          assert np.allclose(first, second, rtol=1e-6) == warming, trace.name
+      routed = [trace for trace in tf.compat.v1.get_collection(layers.TRACES)
+                if trace.iterations]
+      for step, uniform in ((0, warming), (100, False)):
+        session.run(graph['global_step'].assign(step))
+        for trace in routed:
+          first, second = session.run([iteration['assignments']
+                                       for iteration in trace.iterations])
+          assert np.allclose(first, second, rtol=1e-6) == uniform, trace.name

@@ -69,9 +69,10 @@ Departures of this project's, switchable (notes/recipes.md):
                         R_ij proportional to (a_j p_j)^beta, the
                         deterministic annealing EM of Ueda & Nakano
                         (1998); 0 gives the uniform R_ij of the
-                        normalisation, so every iteration repeats the
-                        first M-step. train.py raises it from 0 to 1
-                        over --routing_warmup_steps          [1.0]
+                        normalisation (with the matching R_0 and no
+                        pose damping, every iteration then repeats
+                        the first M-step). train.py raises it from
+                        0 to 1 over --routing_warmup_steps   [1.0]
   stop_assignment_gradients
                         hold each E-step's R_ij constant in the
                         gradient: the loss differentiates the last
@@ -383,17 +384,19 @@ def e_step(votes, poses, variances, logits, child_ids=None, log_space=False,
     assignments R_ij [N, P, C, I].
   """
   log_p = log_gaussian_density(votes, poses, variances)
-  annealed = not (isinstance(annealing, (int, float)) and annealing == 1)
+  if not (isinstance(annealing, (int, float)) and annealing == 1):
+    # (a_j p_j)^beta from the logs: a power of an underflowed a_j p_j
+    # would lose it and have an infinite gradient.
+    log_numerators = annealing * (tf.math.log_sigmoid(logits)[..., None] +
+                                  log_p)
+    if log_space:
+      return _normalize_log_space(log_numerators, child_ids, normalization)
+    return _normalize(tf.exp(log_numerators), child_ids, normalization)
   if log_space:
-    log_numerators = tf.math.log_sigmoid(logits)[..., None] + log_p
-    if annealed:
-      log_numerators *= annealing
-    return _normalize_log_space(log_numerators, child_ids, normalization)
+    log_a = tf.math.log_sigmoid(logits)[..., None]
+    return _normalize_log_space(log_a + log_p, child_ids, normalization)
   a = tf.math.sigmoid(logits)[..., None]
-  numerators = a * tf.exp(log_p)
-  if annealed:
-    numerators = tf.pow(numerators, annealing)
-  return _normalize(numerators, child_ids, normalization)
+  return _normalize(a * tf.exp(log_p), child_ids, normalization)
 
 
 def cost_scale_factor(cost_scale, votes_shape):
@@ -456,6 +459,10 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
   if e_step_normalization not in E_STEP_NORMALIZATIONS:
     raise ValueError(f'e_step_normalization must be one of '
                      f'{E_STEP_NORMALIZATIONS}, got {e_step_normalization!r}')
+  if isinstance(e_step_annealing, (int, float)) and not (
+      0 <= e_step_annealing <= 1):
+    raise ValueError(f'e_step_annealing must be in [0, 1], got '
+                     f'{e_step_annealing}')
   schedule = _as_schedule(inverse_temperature)
   scale = cost_scale_factor(cost_scale, votes.shape)
   assignments = uniform_assignments(
