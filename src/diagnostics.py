@@ -10,10 +10,11 @@ batch, in the graph:
     start, 0 for a child given wholly to one parent; averaged over the
     children. (Procedure 1's assignments sum to 1 over the parents; the
     authors' per-slot start gives a child in n positions n.) Under
-    `e_step_normalization` 'parent_types' or 'parent_positions' a child
-    keeps a share in every position or every type, so H_i cannot fall
-    below log n_i or log C: the floor is log n_i / log K_i or
-    log C / log K_i, not 0.
+    another `e_step_normalization` the entropy is taken within the units
+    that the E-step normalises, so that 0 still means one parent and 1
+    the uniform start: in each slot over the C types ('parent_types'), or
+    for each child and type over its n_i positions ('parent_positions';
+    children in one position have no choice there and are left out).
   * the variances (sigma_j^h)^2 of the last M-step, without the floor: their
     mean, and the fraction of them below the floor;
   * the fraction of capsules with activation a > 0.5;
@@ -28,37 +29,54 @@ import tensorflow as tf
 from nets import layers
 
 
-def normalized_entropy(assignments, child_ids=None):
-  """Mean over children of H_i / log K_i, per example.
+def _entropy(sums, totals):
+  """H of p_k = R_k / T from S = -sum_k R_k log R_k and T = sum_k R_k:
+  H = S / T + log T."""
+  return tf.math.divide_no_nan(sums, totals) + tf.math.log(totals)
 
-  With S_i = -sum_k R_ik log R_ik and T_i = sum_k R_ik, the entropy of
-  p_ik = R_ik / T_i is H_i = S_i / T_i + log T_i.
+
+def normalized_entropy(assignments, child_ids=None,
+                       normalization='all_parents'):
+  """Mean over the E-step's units of H / log(their number of parents), per
+  example: the units are the children (K_i = C n_i parents), or with
+  `normalization` the slots (C types) or each child's types (n_i
+  positions).
 
   Args:
     assignments: R [N, P, C, I] of one M-step.
     child_ids: int array [P, I] naming the child in each slot (ConvCaps), or
       None when every child sits in one slot.
+    normalization: one of routing.E_STEP_NORMALIZATIONS.
 
   Returns:
     [N].
   """
-  per_slot = tf.stack([
-      -tf.reduce_sum(tf.math.xlogy(assignments, assignments), axis=2),
-      tf.reduce_sum(assignments, axis=2)])  # S and T per slot [2, N, P, I]
+  plogp = -tf.math.xlogy(assignments, assignments)
   num_types = assignments.shape[2]
-  if child_ids is None:
-    sums, totals = per_slot[0], per_slot[1]
-    entropy = tf.math.divide_no_nan(sums, totals) + tf.math.log(totals)
+  if child_ids is None or normalization == 'parent_types':
+    entropy = _entropy(tf.reduce_sum(plogp, axis=2),
+                       tf.reduce_sum(assignments, axis=2))  # [N, P, I]
     return tf.reduce_mean(entropy, axis=[1, 2]) / np.log(num_types)
   slots = np.bincount(child_ids.ravel())
+  if normalization == 'parent_positions':
+    per_type = tf.stack([plogp, assignments])  # [2, N, P, C, I]
+    seen = np.flatnonzero(slots > 1)  # a child in one position: no choice
+    per_child = tf.gather(tf.math.unsorted_segment_sum(
+        tf.transpose(per_type, [2, 4, 0, 1, 3]), child_ids, len(slots)),
+                          seen)  # [children, 2, N, C]
+    log_parents = np.log(slots[seen]).astype(np.float32)[:, None, None]
+    return tf.reduce_mean(_entropy(per_child[:, 0], per_child[:, 1]) /
+                          log_parents, axis=[0, 2])
+  per_slot = tf.stack([tf.reduce_sum(plogp, axis=2),
+                       tf.reduce_sum(assignments, axis=2)])  # [2, N, P, I]
   seen = np.flatnonzero(slots)  # children in no patch have no parents
   per_child = tf.gather(tf.math.unsorted_segment_sum(
       tf.transpose(per_slot, [2, 3, 0, 1]), child_ids, len(slots)),
                         seen)  # [children seen, 2, N]
-  sums, totals = per_child[:, 0], per_child[:, 1]
-  entropy = tf.math.divide_no_nan(sums, totals) + tf.math.log(totals)
   log_parents = np.log(num_types * slots[seen]).astype(np.float32)
-  return tf.reduce_mean(entropy / log_parents[:, None], axis=0)
+  return tf.reduce_mean(
+      _entropy(per_child[:, 0], per_child[:, 1]) / log_parents[:, None],
+      axis=0)
 
 
 def _per_example_mean(values):
@@ -75,7 +93,8 @@ def layer_fetches(trace):
   }
   if trace.iterations:
     fetches['entropy'] = tf.stack(
-        [normalized_entropy(step['assignments'], trace.child_ids)
+        [normalized_entropy(step['assignments'], trace.child_ids,
+                            trace.e_step_normalization)
          for step in trace.iterations])
     raw = trace.iterations[-1]['variances'] - trace.min_variance
     fetches['variance'] = _per_example_mean(raw)

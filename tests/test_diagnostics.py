@@ -125,3 +125,40 @@ def test_every_capsule_layer_is_traced(iterations):
   for stats in values.values():
     assert np.all((stats['active'] >= 0) & (stats['active'] <= 1))
     assert stats['poses'].shape[0] == 2
+
+
+def _one_position_per_child_and_type(child_ids, num_types):
+  """R [1, P, C, I]: every child gives all of every type to the first slot
+  that holds it."""
+  assignments = np.zeros((1,) + (child_ids.shape[0], num_types,
+                                 child_ids.shape[1]), np.float32)
+  first = {}
+  for p, i in np.ndindex(child_ids.shape):
+    first.setdefault(child_ids[p, i], (p, i))
+  for p, i in first.values():
+    assignments[0, p, :, i] = 1.0
+  return assignments
+
+
+def test_entropy_within_the_e_step_normalisation():
+  """Under parent_types the unit is a slot (over C types), under
+  parent_positions a child's type (over its n_i positions): the uniform
+  assignments of each have entropy 1, and assignments concentrated within
+  each unit 0, though they are spread over the child's parents."""
+  child_ids = _conv_child_ids()
+  slots = np.bincount(child_ids.ravel())[child_ids]  # n_i per slot
+  by_slot = np.zeros((1, 9, 3, 18), np.float32)
+  by_slot[0, :, 0, :] = 1.0  # type 0 in every slot: spread over positions
+  by_position = _one_position_per_child_and_type(child_ids, 3)
+  cases = {
+      'parent_types': (np.full((1, 9, 3, 18), 1 / 3, np.float32), by_slot),
+      'parent_positions': (np.broadcast_to(1 / slots[None, :, None, :],
+                                           (1, 9, 3, 18)), by_position)}
+  for normalization, (uniform, concentrated) in cases.items():
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+      got = session.run([diagnostics.normalized_entropy(
+          tf.constant(r, tf.float32), child_ids, normalization)
+                         for r in (uniform, concentrated)])
+    np.testing.assert_allclose(got[0], [1.0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], [0.0], atol=1e-6)
+    assert _entropy(concentrated, child_ids)[0] > 0.1  # over all parents

@@ -279,5 +279,13 @@ def test_e_step_normalization_reaches_every_layer_and_is_checked():
   assert config.routing(lambda_scale=0.5).e_step_normalization == (
       'parent_types')
   assert model.ModelConfig().e_step_normalization == 'all_parents'
+  with tf.Graph().as_default():
+    dataclasses.replace(config, a=4, b=3, c=3, d=3).build(
+        tf.zeros([2, 28, 28, 1]))
+    traced = {trace.name.split('/')[-1]: trace.e_step_normalization
+              for trace in tf.compat.v1.get_collection(layers.TRACES)
+              if trace.iterations}
+  assert traced == dict.fromkeys(['conv_caps1', 'conv_caps2', 'class_caps'],
+                                 'parent_types')  # the diagnostics know it
   with pytest.raises(ValueError, match='e_step_normalization'):
     model.ModelConfig(e_step_normalization='per_child')

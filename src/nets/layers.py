@@ -43,6 +43,8 @@ class LayerTrace:
       routing.em_routing); empty for PrimaryCaps.
     child_ids: int array [P, I] of a ConvCaps layer, None otherwise.
     min_variance: the variance floor included in those variances.
+    e_step_normalization: the parents among which the E-steps normalised
+      a child's assignments (routing.E_STEP_NORMALIZATIONS).
   """
   name: str
   poses: tf.Tensor
@@ -50,6 +52,7 @@ class LayerTrace:
   iterations: tuple = ()
   child_ids: object = None
   min_variance: float = 0.0
+  e_step_normalization: str = 'all_parents'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +204,8 @@ def _route(votes, activations, betas, iterations, routing, child_ids,
   tf.compat.v1.summary.histogram('activations', out_activations)
   tf.compat.v1.add_to_collection(TRACES, LayerTrace(
       tf.compat.v1.get_variable_scope().name, poses, out_activations,
-      tuple(trace), child_ids, routing.min_variance))
+      tuple(trace), child_ids, routing.min_variance,
+      routing.e_step_normalization))
   return poses, out_activations
 
 
