@@ -15,6 +15,8 @@ layer (PrimaryCaps, the ConvCaps layers, the class capsules):
   H / log K     per routing iteration, the entropy of each child's assignments
                 over all its parents divided by the log of their number: 1 is
                 the uniform start; falling values mean EM concentrates them
+                (with --e_step_normalization, within the E-step's units: the
+                C types of a slot, or a child's positions for each type)
 
 and writes the same as JSON (--output, default
 <train_dir>/diagnostics/step-<step>.json; src/diagnostics.py has the
