@@ -106,11 +106,13 @@ class Network:
   attack's loss with respect to the images."""
 
   def __init__(self, config, image_shape, capsule_loss='cross_entropy',
-               margin=0.9, fused_votes=True, session_config=None):
+               margin=0.9, fused_votes=True, session_config=None, seed=None):
     """Builds the graph (see attack_loss for the arguments); image_shape is
-    [H, W, C]."""
+    [H, W, C]; seed, the graph seed of `initialize`'s random weights."""
     self._graph = tf.Graph()
     with self._graph.as_default():
+      if seed is not None:
+        tf.compat.v1.set_random_seed(seed)
       self._images = tf.compat.v1.placeholder(
           tf.float32, [None] + list(image_shape), name='images')
       self._labels = tf.compat.v1.placeholder(tf.int32, [None],

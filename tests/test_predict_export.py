@@ -59,6 +59,7 @@ def _save_run(train_dir):
   os.makedirs(train_dir)
   TINY.save(train_dir)
   with tf.Graph().as_default():
+    tf.compat.v1.set_random_seed(0)
     images = tf.compat.v1.placeholder(tf.float32, [None, 28, 28, 1])
     _, activations = TINY.build(images, fused_votes=False)
     global_step = tf.compat.v1.train.get_or_create_global_step()

@@ -108,6 +108,7 @@ def test_about_half_the_capsules_start_active():
   config = model.ModelConfig(iterations=2)
   rng = np.random.default_rng(0)
   with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    tf.compat.v1.set_random_seed(0)
     images = tf.constant(rng.uniform(size=(4, 28, 28, 1)), tf.float32)
     config.build(images)
     names = ['capsules_v0/conv_caps1/activations',
