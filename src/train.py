@@ -167,9 +167,10 @@ def _validate_flags():
                'keep_checkpoint_max'):
     if FLAGS[name].value < 1:
       raise app.UsageError(f'--{name} must be >= 1, got {FLAGS[name].value}')
-  for name in ('class_iterations', 'routing_warmup_steps'):
+  for name, zero in (('class_iterations', '--iterations'),
+                     ('routing_warmup_steps', 'off')):
     if FLAGS[name].value < 0:
-      raise app.UsageError(f'--{name} must be >= 0 (0: off), got '
+      raise app.UsageError(f'--{name} must be >= 0 (0: {zero}), got '
                            f'{FLAGS[name].value}')
   if FLAGS.routing_warmup_steps and FLAGS.model != 'capsules':
     raise app.UsageError('--routing_warmup_steps anneals EM routing: only '
