@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from nets import layers
+from nets import routing
 
 
 def _entropy(sums, totals):
@@ -53,7 +54,7 @@ def normalized_entropy(assignments, child_ids=None,
   """
   plogp = -tf.math.xlogy(assignments, assignments)
   num_types = assignments.shape[2]
-  if child_ids is None or normalization == 'parent_types':
+  if routing.normalizes_within_slot(child_ids, normalization):
     entropy = _entropy(tf.reduce_sum(plogp, axis=2),
                        tf.reduce_sum(assignments, axis=2))  # [N, P, I]
     return tf.reduce_mean(entropy, axis=[1, 2]) / np.log(num_types)

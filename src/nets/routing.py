@@ -316,6 +316,13 @@ def _reduce_over_positions(values, child_ids, reduce_fn):
   return tf.transpose(tf.gather(per_child, child_ids), [2, 0, 3, 1])
 
 
+def normalizes_within_slot(child_ids, normalization):
+  """Whether each slot's assignments sum to 1 over its C types on their own:
+  a fully connected layer's child (child_ids None, one slot each) or
+  'parent_types'."""
+  return child_ids is None or normalization == 'parent_types'
+
+
 def _over_parents(values, child_ids, normalization, reduction):
   """Sums (reduction 'sum') or maximises ('max') [N, P, C, I] over the
   parents among which a child's assignments are normalised; returns
@@ -323,7 +330,7 @@ def _over_parents(values, child_ids, normalization, reduction):
   over_types = tf.reduce_sum if reduction == 'sum' else tf.reduce_max
   over_slots = (tf.math.unsorted_segment_sum if reduction == 'sum'
                 else tf.math.unsorted_segment_max)
-  if child_ids is None or normalization == 'parent_types':
+  if normalizes_within_slot(child_ids, normalization):
     return over_types(values, axis=2, keepdims=True)
   if normalization == 'parent_positions':
     return _reduce_over_positions(values, child_ids, over_slots)
@@ -337,7 +344,7 @@ def _normalize_log_space(log_numerators, child_ids, normalization):
   The gradient, dx_ij = R_ij (dR_ij - sum_k R_ik dR_ik), is written out so
   that only R is kept for it, not the exponentials as well.
   """
-  if child_ids is None or normalization == 'parent_types':
+  if normalizes_within_slot(child_ids, normalization):
     return tf.nn.softmax(log_numerators, axis=2)
 
   def over_parents(values):
