@@ -3,6 +3,9 @@
 # iterations and the candidates for the default, each 5,000 steps at batch
 # 24 (120,000 training images), and the default trained longer; seed 1, SAME
 # Conv1 (the MNIST default).
+# default_i1_var1e-1 and default_i3_var1e-1_positions were trained to 5,000
+# steps first and later extended to 10,000 (SCREEN_STEPS=5000 repeats the
+# first part).
 # Each run trains alone on both cores, then tests.py evaluates every kept
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
@@ -38,10 +41,10 @@ default_i3_var1e-1 default 3 5000 --min_variance=1e-1
 default_i1_class3 default 1 5000 --class_iterations=3
 default_i3_class1 default 3 5000 --class_iterations=1
 default_i3_var1 default 3 5000 --min_variance=1
-default_i1_var1e-1 default 1 5000 --min_variance=1e-1
+default_i1_var1e-1 default 1 10000 --min_variance=1e-1
 default_i3_var1e-1_recon default 3 5000 --min_variance=1e-1 --reconstruction_weight=0.0005
 default_i3_var1e-1_types default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_types --initial_assignments=per_slot
-default_i3_var1e-1_positions default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions
+default_i3_var1e-1_positions default 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions
 default_i1_var1e-1_perslot default 1 5000 --min_variance=1e-1 --initial_assignments=per_slot
 default_i3_types default 3 5000 --e_step_normalization=parent_types --initial_assignments=per_slot
 default_i3_positions default 3 5000 --e_step_normalization=parent_positions
