@@ -3,9 +3,9 @@
 # iterations and the candidates for the default, each 5,000 steps at batch
 # 24 (120,000 training images), and the default trained longer; seed 1, SAME
 # Conv1 (the MNIST default).
-# default_i1_var1e-1 and default_i3_var1e-1_positions were trained to 5,000
-# steps first and later extended to 10,000 (SCREEN_STEPS=5000 repeats the
-# first part).
+# default_i1_var1e-1, default_i3_var1e-1_positions and
+# default_i3_var1e-1_positions_warmup were trained to 5,000 steps first and
+# later extended to 10,000 (SCREEN_STEPS=5000 repeats the first part).
 # Each run trains alone on both cores, then tests.py evaluates every kept
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
@@ -51,7 +51,7 @@ default_i3_positions default 3 5000 --e_step_normalization=parent_positions
 default_i3_var1e-1_warmup default 3 5000 --min_variance=1e-1 --routing_warmup_steps=2000
 default_i3_warmup default 3 5000 --routing_warmup_steps=2000
 default_i3_var1e-1_types_warmup default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_types --initial_assignments=per_slot --routing_warmup_steps=2000
-default_i3_var1e-1_positions_warmup default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000
+default_i3_var1e-1_positions_warmup default 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000
 default_i3_var1e-1_positions_recon default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --reconstruction_weight=0.0005
 default_augment_long default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.9 --learning_rate_decay_steps=1000
 "
