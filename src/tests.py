@@ -14,7 +14,10 @@ example, logs accuracy and per-class accuracy, writes them to TensorBoard
 The network is rebuilt from <train_dir>/model_config.json. With --once it
 does not wait: the run must already have a checkpoint. --test_set=affnist
 evaluates a run on the 40x40 canvas (--dataset=mnist40) on the affNIST-style
-test set of datasets/affnist.py instead, into <train_dir>/eval_affnist.
+test set of datasets/affnist.py instead, into <train_dir>/eval_affnist;
+--test_set=train a MNIST run on its 60,000 training images (unaugmented,
+in file order) into <train_dir>/eval_train: the training accuracy, to set
+beside the test accuracy.
 """
 
 import itertools
@@ -44,8 +47,9 @@ flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
                     'data/<dataset>.')
 flags.DEFINE_enum('smallnorb_split', 'full', ['full', 'azimuth', 'elevation'],
                   'smallNORB viewpoint split.')
-flags.DEFINE_enum('test_set', 'test', ['test', 'affnist'],
-                  "test: the dataset's test set; affnist: the affNIST-style "
+flags.DEFINE_enum('test_set', 'test', ['test', 'train', 'affnist'],
+                  "test: the dataset's test set; train: MNIST's training "
+                  'set (runs on mnist only); affnist: the affNIST-style '
                   'test set (runs on the 40x40 canvas, mnist40, only).')
 flags.DEFINE_integer('smallnorb_crops', 1,
                      'smallNORB: average class activations over this many '
@@ -68,21 +72,28 @@ flags.DEFINE_bool('xla', False, 'Compile the routing with XLA.')
 RESULTS_FILE = 'results.jsonl'
 
 
+def _split():
+  """'train' when --test_set=train measures the training accuracy, else
+  'test': the prefix of the summaries and the word in the messages."""
+  return 'train' if FLAGS.test_set == 'train' else 'test'
+
+
 def report(step, predictions, labels, num_classes, seconds, eval_dir,
            checkpoint, writer):
   """Logs, summarises and appends the result of one checkpoint."""
   accuracy = float(np.mean(predictions == labels))
   per_class = evaluation.per_class_accuracy(predictions, labels,
                                             num_classes)
-  logging.info('step %d: test accuracy %.4f (error %.2f%%) on %d images in '
-               '%.0f s', step, accuracy, 100 * (1 - accuracy), len(labels),
+  logging.info('step %d: %s accuracy %.4f (error %.2f%%) on %d images in '
+               '%.0f s', step, _split(), accuracy, 100 * (1 - accuracy), len(labels),
                seconds)
   logging.info('per class: %s', ' '.join(
       f'{k}:{v:.4f}' for k, v in enumerate(per_class)))
   summary = tf.compat.v1.Summary()
-  summary.value.add(tag='test/accuracy', simple_value=accuracy)
+  summary.value.add(tag=f'{_split()}/accuracy', simple_value=accuracy)
   for k, value in enumerate(per_class):
-    summary.value.add(tag=f'test/accuracy_class_{k}', simple_value=value)
+    summary.value.add(tag=f'{_split()}/accuracy_class_{k}',
+                      simple_value=value)
   writer.add_summary(summary, step)
   writer.flush()
   record = {'step': step, 'accuracy': accuracy,
@@ -215,12 +226,19 @@ def _eval_options(dataset_name):
   """The keyword options of the dataset's eval_input that the flags give.
 
   Raises:
-    app.UsageError: --test_set=affnist for a dataset other than mnist40.
+    app.UsageError: --test_set=affnist for a dataset other than mnist40,
+      --test_set=train for one other than mnist.
   """
-  if FLAGS.test_set != 'test' and dataset_name != 'mnist40':
+  if FLAGS.test_set == 'affnist' and dataset_name != 'mnist40':
     raise app.UsageError(
-        f'--test_set={FLAGS.test_set} is a 40x40 test set: for runs on '
+        f'--test_set=affnist is a 40x40 test set: for runs on '
         f'--dataset=mnist40, not {dataset_name}.')
+  if FLAGS.test_set == 'train':
+    if dataset_name != 'mnist':
+      raise app.UsageError(
+          f'--test_set=train evaluates MNIST runs (--dataset=mnist), not '
+          f'{dataset_name}.')
+    return {'split': 'train'}
   if dataset_name == 'mnist40':
     return {'test_set': FLAGS.test_set}
   if dataset_name == 'smallnorb':
@@ -276,8 +294,9 @@ def main(argv):
                     time.time() - start, eval_dir, checkpoint, writer)
     done.add(step)
     if FLAGS.once:
+      images = 'training' if _split() == 'train' else 'test'
       print(f'step {step}: accuracy {record["accuracy"]:.4f} on '
-            f'{record["images_evaluated"]} test images')
+            f'{record["images_evaluated"]} {images} images')
   writer.close()
   if not FLAGS.once:
     logging.info('No new checkpoint for %d s; stopping.', FLAGS.timeout_secs)

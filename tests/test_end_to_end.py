@@ -114,6 +114,28 @@ def test_evaluate_once(run, data_dir):
   assert f'step 7: accuracy {record["accuracy"]:.4f}' in result.stdout
 
 
+
+def test_evaluate_once_on_the_training_set(run, data_dir):
+  train_dir = run[0]
+  result = _succeeded(_run(
+      'tests.py', '--train_dir=' + train_dir, '--data_dir=' + data_dir,
+      '--once', '--gpu=0', '--batch_size=2000', '--test_set=train'))
+  assert 'on 60000 training images' in result.stdout
+  records = _lines(os.path.join(train_dir, 'eval_train', 'results.jsonl'))
+  assert [(r['step'], r['images_evaluated']) for r in records] == [
+      (7, 60000)]
+  assert 0.0 <= records[0]['accuracy'] <= 1.0
+  assert 'train accuracy' in result.stderr
+
+
+def test_evaluate_refuses_the_training_set_for_other_datasets(run, tmp_path):
+  eval_dir = tmp_path / 'eval'
+  result = _run('tests.py', '--train_dir=' + run[0], '--once', '--gpu=0',
+                '--dataset=mnist40', '--test_set=train',
+                '--eval_dir=' + str(eval_dir))
+  _failed(result, '--test_set=train evaluates MNIST runs')
+  assert not eval_dir.exists()
+
 def test_resume_with_a_different_model_fails(run, data_dir):
   train_dir = run[0]
   before = pathlib.Path(train_dir, 'model_config.json').read_text()

@@ -261,6 +261,21 @@ def test_eval_input_keeps_partial_last_batch(tiny):
   np.testing.assert_array_equal(labels, arrays[3])
 
 
+
+def test_eval_input_reads_the_training_split_on_request(tiny):
+  data_dir, arrays = tiny
+  with tf.Graph().as_default():
+    assert mnist.eval_input(data_dir, 4, split='train')[1] == 10
+  batches, _ = graph_util.read_dataset(
+      lambda: mnist.eval_input(data_dir, 4, split='train')[0])
+  assert [len(labels) for _, labels in batches] == [4, 4, 2]
+  images = np.concatenate([images for images, _ in batches])
+  labels = np.concatenate([labels for _, labels in batches])
+  np.testing.assert_allclose(images[..., 0], arrays[0] / 255.0, atol=1e-6)
+  np.testing.assert_array_equal(labels, arrays[1])
+  with pytest.raises(ValueError, match='split must be one of'):
+    mnist.eval_input(data_dir, 4, split='validation')
+
 def test_get_dataset():
   assert datasets.get_dataset('mnist') is mnist
   with pytest.raises(ValueError, match='mnist, mnist40, smallnorb'):

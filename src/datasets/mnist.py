@@ -222,22 +222,23 @@ def train_input(data_dir, batch_size, seed=None, shuffle_buffer=60000,
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_input(data_dir, batch_size):
-  """Finite pipeline over the test set, once, in file order.
+def eval_input(data_dir, batch_size, split='test'):
+  """Finite pipeline over one split, once, in file order, unaugmented.
 
   The last batch is smaller when `batch_size` does not divide the number of
-  test examples, so that every example is evaluated exactly once.
+  examples, so that every example is evaluated exactly once.
 
   Args:
     data_dir: str, directory of the gzipped IDX files.
     batch_size: int, examples per batch.
+    split: 'test', or 'train' to measure the training accuracy.
 
   Returns:
     dataset: tf.data.Dataset of (images float32 [<=batch_size, 28, 28, 1]
       in [0, 1], labels int32 [<=batch_size]).
-    num_examples: int, number of test examples (10000).
+    num_examples: int, number of examples (10000 test, 60000 train).
   """
-  images, labels = load(data_dir, 'test')
+  images, labels = load(data_dir, split)
   dataset = arrays.from_arrays(images, labels)
   dataset = dataset.batch(batch_size).map(
       to_float, num_parallel_calls=tf.data.AUTOTUNE)
