@@ -1,8 +1,9 @@
 #!/bin/bash
 # Copies the records of the grid's runs (notes/runs/grid.sh) into
 # notes/runs/grid/<run>/: results.jsonl, starts.jsonl, model_config.json,
-# the diagnostics, the diagnose.py and pose_stats.py tables and the logged
-# progress lines.
+# the diagnostics, the diagnose.py and pose_stats.py tables, the accuracy
+# on the training set (tests.py --test_set=train) as train_set_results.jsonl
+# and the logged progress lines.
 set -u
 cd "$(dirname "$0")/../../.."
 for dir in runs/grid_*/; do
@@ -14,6 +15,7 @@ for dir in runs/grid_*/; do
   [ -d "$dir/diagnostics" ] && cp -r "$dir/diagnostics" "$out/"
   [ -f "runs/grid_$name.diagnose.txt" ] && cp "runs/grid_$name.diagnose.txt" "$out/diagnose.txt"
   [ -f "runs/grid_$name.pose_stats.txt" ] && cp "runs/grid_$name.pose_stats.txt" "$out/pose_stats.txt"
+  [ -f "$dir/eval_train/results.jsonl" ] && cp "$dir/eval_train/results.jsonl" "$out/train_set_results.jsonl"
   grep -h "train.py:[0-9]*\] step" "runs/grid_$name.train.log" \
       > "$out/train_progress.txt" 2>/dev/null
 done
