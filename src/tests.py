@@ -85,8 +85,8 @@ def report(step, predictions, labels, num_classes, seconds, eval_dir,
   per_class = evaluation.per_class_accuracy(predictions, labels,
                                             num_classes)
   logging.info('step %d: %s accuracy %.4f (error %.2f%%) on %d images in '
-               '%.0f s', step, _split(), accuracy, 100 * (1 - accuracy), len(labels),
-               seconds)
+               '%.0f s', step, _split(), accuracy, 100 * (1 - accuracy),
+               len(labels), seconds)
   logging.info('per class: %s', ' '.join(
       f'{k}:{v:.4f}' for k, v in enumerate(per_class)))
   summary = tf.compat.v1.Summary()
@@ -231,7 +231,7 @@ def _eval_options(dataset_name):
   """
   if FLAGS.test_set == 'affnist' and dataset_name != 'mnist40':
     raise app.UsageError(
-        f'--test_set=affnist is a 40x40 test set: for runs on '
+        '--test_set=affnist is a 40x40 test set: for runs on '
         f'--dataset=mnist40, not {dataset_name}.')
   if FLAGS.test_set == 'train':
     if dataset_name != 'mnist':
