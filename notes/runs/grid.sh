@@ -6,6 +6,8 @@
 # default_i1_var1e-1, default_i3_var1e-1_positions and
 # default_i3_var1e-1_positions_warmup were trained to 5,000 steps first and
 # later extended to 10,000 (SCREEN_STEPS=5000 repeats the first part).
+# default_augment_long and default_augment_decay095 keep all 31 checkpoints
+# (goal (d)); they differ only in how fast the learning rate decays.
 # Each run trains alone on both cores, then tests.py evaluates every kept
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
@@ -56,6 +58,7 @@ default_i3_var1e-1_positions_warmup_recon default 3 5000 --min_variance=1e-1 --e
 default_i3_var1e-1_positions_warmup_augment default 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --augment
 default_i1_var1e-1_augment default 1 10000 --min_variance=1e-1 --augment
 default_augment_long default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.9 --learning_rate_decay_steps=1000
+default_augment_decay095 default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
 echo "$RUNS" | while read -r name recipe iterations steps extra; do
