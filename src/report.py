@@ -12,7 +12,7 @@ when the checkpoint was written, "known" when tests.py finished evaluating
 it. Prints, for each run, the curve and the first checkpoint that reaches
 --target. --plot also draws every run's test accuracy against step and
 against training time, in two panels of one figure (PNG, PDF or SVG, after
-the file's extension).
+the file's extension); --plot_min_accuracy=0.98 zooms its accuracy axis.
 """
 
 import collections
@@ -33,6 +33,9 @@ flags.DEFINE_string('eval_dir', None, 'Default <train_dir>/eval_test, else '
 flags.DEFINE_float('target', 0.99, 'Accuracy whose first arrival to report.')
 flags.DEFINE_string('plot', None, 'Also draw the curves of every run into '
                     'this image file (.png, .pdf or .svg).')
+flags.DEFINE_float('plot_min_accuracy', None, 'Bottom of the plot\'s '
+                   'accuracy axis, in [0, 1), to tell curves apart near '
+                   'their plateau (e.g. 0.98); default: the whole range.')
 
 EVAL_SUBDIR = 'eval_test'
 RESULTS_FILE = 'results.jsonl'
@@ -155,10 +158,11 @@ def curve(run):
           [r['accuracy'] for r in records])
 
 
-def draw(runs, target):
+def draw(runs, target, min_accuracy=None):
   """A figure with two panels: test accuracy against step, and against
   minutes of training; one line per run, a legend of run names, and the
-  target as a dotted line."""
+  target as a dotted line. With `min_accuracy`, the accuracy axis runs
+  from it to the best accuracy, and lower points fall outside the view."""
   figure = figures.new_figure((11, 4.5))
   by_step, by_time = figure.subplots(1, 2, sharey=True)
   for run in runs:
@@ -172,6 +176,9 @@ def draw(runs, target):
                  label=f'target {target:g}')
     axes.set_xlabel(label)
     axes.grid(alpha=0.3)
+  if min_accuracy is not None:
+    best = max(max(curve(run)[2]) for run in runs)
+    by_step.set_ylim(min_accuracy, max(best, target, min_accuracy) + 0.001)
   by_step.set_ylabel('test accuracy')
   by_step.set_title('against step')
   by_time.set_title('against wall-clock time')
@@ -189,10 +196,23 @@ def _runs():
           for name, train_dir in zip(run_names(train_dirs), train_dirs)]
 
 
+def _check_min_accuracy():
+  """--plot_min_accuracy is a fraction below 1, and only with --plot."""
+  value = FLAGS.plot_min_accuracy
+  if value is None:
+    return
+  if not FLAGS.plot:
+    raise app.UsageError('--plot_min_accuracy needs --plot')
+  if not 0 <= value < 1:
+    raise app.UsageError(f'--plot_min_accuracy={value:g}: an accuracy in '
+                         '[0, 1), such as 0.98')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   file_format = figures.file_format(FLAGS.plot) if FLAGS.plot else None
+  _check_min_accuracy()
   runs = _runs()
   for k, run in enumerate(runs):
     if len(runs) > 1:
@@ -200,7 +220,7 @@ def main(argv):
     print(summary(run, FLAGS.target))
   if FLAGS.plot:
     try:
-      figure = draw(runs, FLAGS.target)
+      figure = draw(runs, FLAGS.target, FLAGS.plot_min_accuracy)
     except ImportError as e:
       raise app.UsageError('--plot needs matplotlib: pip install -r '
                            f'requirements.txt ({e})') from e

@@ -145,6 +145,30 @@ def test_plot_of_a_run_kept_in_notes_layout(tmp_path):
   assert plot.read_bytes().startswith(SIGNATURES['png'])
 
 
+def test_plot_min_accuracy_zooms_the_accuracy_axis(runs):
+  import report  # pylint: disable=import-outside-toplevel
+  loaded = [report.load_run(name, str(path)) for name, path in
+            zip(('fast', 'slow'), runs)]
+  whole = report.draw(loaded, 0.99).axes[0].get_ylim()
+  zoomed = report.draw(loaded, 0.99, min_accuracy=0.9).axes[0].get_ylim()
+  assert whole[0] < 0.1
+  assert zoomed == pytest.approx((0.9, 0.992))  # up to the best, 0.991
+
+
+@pytest.mark.parametrize('value,plot,message', [
+    ('1.5', True, '--plot_min_accuracy=1.5: an accuracy in [0, 1)'),
+    ('-0.1', True, '--plot_min_accuracy=-0.1: an accuracy in [0, 1)'),
+    ('0.9', False, '--plot_min_accuracy needs --plot'),
+])
+def test_bad_plot_min_accuracy_fails_clearly(runs, tmp_path, value, plot,
+                                             message):
+  args = ['--train_dir', runs[0], f'--plot_min_accuracy={value}']
+  if plot:
+    args += ['--plot', tmp_path / 'curves.png']
+  _failed(_report(*args), message)
+  assert not (tmp_path / 'curves.png').exists()
+
+
 @pytest.mark.parametrize('case,message', [
     ('missing_run', '--train_dir {tmp}/missing does not exist'),
     ('no_results', '{tmp}/fast/eval_test/results.jsonl not found'),
