@@ -162,7 +162,8 @@ def draw(runs, target, min_accuracy=None):
   """A figure with two panels: test accuracy against step, and against
   minutes of training; one line per run, a legend of run names, and the
   target as a dotted line. With `min_accuracy`, the accuracy axis runs
-  from it to the best accuracy, and lower points fall outside the view."""
+  from it to just above the best accuracy or the target, whichever is
+  higher, and lower points fall outside the view."""
   figure = figures.new_figure((11, 4.5))
   by_step, by_time = figure.subplots(1, 2, sharey=True)
   for run in runs:
