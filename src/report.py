@@ -166,10 +166,12 @@ def draw(runs, target, min_accuracy=None):
   higher, and lower points fall outside the view."""
   figure = figures.new_figure((11, 4.5))
   by_step, by_time = figure.subplots(1, 2, sharey=True)
+  best = 0.0
   for run in runs:
     steps, minutes, accuracies = curve(run)
     by_step.plot(steps, accuracies, marker='.', label=run.name)
     by_time.plot(minutes, accuracies, marker='.', label=run.name)
+    best = max(best, *accuracies)
   for axes, label in ((by_step, 'training step'),
                       (by_time, 'training time (minutes since the first '
                        'start)')):
@@ -178,7 +180,6 @@ def draw(runs, target, min_accuracy=None):
     axes.set_xlabel(label)
     axes.grid(alpha=0.3)
   if min_accuracy is not None:
-    best = max(max(curve(run)[2]) for run in runs)
     by_step.set_ylim(min_accuracy, max(best, target, min_accuracy) + 0.001)
   by_step.set_ylabel('test accuracy')
   by_step.set_title('against step')

@@ -96,13 +96,20 @@ def test_a_run_from_before_conv1_padding_resumes_as_valid(data_dir,
           'holds a run of a different model')
 
 
-def test_evaluate_once(run, data_dir):
+def _evaluate_once(run, data_dir, eval_subdir, *flags):
+  """tests.py --once on the fixture's run: its output and the records of
+  <train_dir>/<eval_subdir>/results.jsonl."""
   train_dir = run[0]
   result = _succeeded(_run(
       'tests.py', '--train_dir=' + train_dir, '--data_dir=' + data_dir,
-      '--once', '--gpu=0', '--xla=false', '--batch_size=500'))
+      '--once', '--gpu=0', *flags))
+  return result, _lines(os.path.join(train_dir, eval_subdir, 'results.jsonl'))
+
+
+def test_evaluate_once(run, data_dir):
+  result, records = _evaluate_once(run, data_dir, 'eval_test', '--xla=false',
+                                   '--batch_size=500')
   assert 'on 10000 test images' in result.stdout
-  records = _lines(os.path.join(train_dir, 'eval_test', 'results.jsonl'))
   assert len(records) == 1
   record = records[0]
   assert record['step'] == 7
@@ -114,14 +121,10 @@ def test_evaluate_once(run, data_dir):
   assert f'step 7: accuracy {record["accuracy"]:.4f}' in result.stdout
 
 
-
 def test_evaluate_once_on_the_training_set(run, data_dir):
-  train_dir = run[0]
-  result = _succeeded(_run(
-      'tests.py', '--train_dir=' + train_dir, '--data_dir=' + data_dir,
-      '--once', '--gpu=0', '--batch_size=2000', '--test_set=train'))
+  result, records = _evaluate_once(run, data_dir, 'eval_train',
+                                   '--batch_size=2000', '--test_set=train')
   assert 'on 60000 training images' in result.stdout
-  records = _lines(os.path.join(train_dir, 'eval_train', 'results.jsonl'))
   assert [(r['step'], r['images_evaluated']) for r in records] == [
       (7, 60000)]
   assert 0.0 <= records[0]['accuracy'] <= 1.0
@@ -135,6 +138,7 @@ def test_evaluate_refuses_the_training_set_for_other_datasets(run, tmp_path):
                 '--eval_dir=' + str(eval_dir))
   _failed(result, '--test_set=train evaluates MNIST runs')
   assert not eval_dir.exists()
+
 
 def test_resume_with_a_different_model_fails(run, data_dir):
   train_dir = run[0]

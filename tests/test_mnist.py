@@ -261,7 +261,6 @@ def test_eval_input_keeps_partial_last_batch(tiny):
   np.testing.assert_array_equal(labels, arrays[3])
 
 
-
 def test_eval_input_reads_the_training_split_on_request(tiny):
   data_dir, arrays = tiny
   with tf.Graph().as_default():
@@ -275,6 +274,7 @@ def test_eval_input_reads_the_training_split_on_request(tiny):
   np.testing.assert_array_equal(labels, arrays[1])
   with pytest.raises(ValueError, match='split must be one of'):
     mnist.eval_input(data_dir, 4, split='validation')
+
 
 def test_get_dataset():
   assert datasets.get_dataset('mnist') is mnist
