@@ -8,6 +8,8 @@
 # later extended to 10,000 (SCREEN_STEPS=5000 repeats the first part).
 # default_augment_long and default_augment_decay095 keep all 31 checkpoints
 # (goal (d)); they differ only in how fast the learning rate decays.
+# default_augment_decay095_seed2 repeats default_augment_decay095 with
+# another seed (a run's further flags come after --seed=1 and override it).
 # Each run trains alone on both cores, then tests.py evaluates every kept
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
@@ -61,6 +63,7 @@ default_i3_var1e-1_positions_warmup_augment default 3 10000 --min_variance=1e-1 
 default_i1_var1e-1_augment default 1 10000 --min_variance=1e-1 --augment
 default_augment_long default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.9 --learning_rate_decay_steps=1000
 default_augment_decay095 default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
+default_augment_decay095_seed2 default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000 --seed=2
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
 echo "$RUNS" | while read -r name recipe iterations steps extra; do
@@ -72,8 +75,8 @@ echo "$RUNS" | while read -r name recipe iterations steps extra; do
   fi
   echo "$(date -u +%FT%TZ) training $dir"
   # shellcheck disable=SC2086
-  python src/train.py --config="$recipe" --iterations="$iterations" $extra \
-      --train_dir="$dir" --seed=1 --max_steps="$steps" >> "$dir.train.log" 2>&1 \
+  python src/train.py --config="$recipe" --iterations="$iterations" --seed=1 \
+      $extra --train_dir="$dir" --max_steps="$steps" >> "$dir.train.log" 2>&1 \
       < /dev/null || { echo "$(date -u +%FT%TZ) $dir: train.py failed"; continue; }
   echo "$(date -u +%FT%TZ) evaluating $dir"
   python src/tests.py --train_dir="$dir" --gpu=0 --timeout_secs=1 \
