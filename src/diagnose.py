@@ -6,7 +6,8 @@ Restores a checkpoint of a run (the latest, or --step), passes the first
 --num_images test images through the network and prints, for every capsule
 layer (PrimaryCaps, the ConvCaps layers, the class capsules):
 
-  mean |mu|     mean magnitude of the pose entries
+  mean |mu|     mean magnitude of the pose entries, and (a second table)
+                of each row of the 4 x 4 poses
   class sd      standard deviation of each pose entry over the images of one
                 class, averaged over entries and classes
   a > 0.5       fraction of capsules with activation above 0.5
@@ -76,6 +77,7 @@ def _measure(config, session_config, checkpoint):
   for name in fetches:
     stats = {key: (value / seen).tolist() for key, value in sums[name].items()}
     stats['mean_abs_pose'] = poses[name].mean_magnitude()
+    stats['mean_abs_pose_rows'] = poses[name].row_magnitudes().tolist()
     stats['within_class_sd'] = poses[name].within_class_spread()
     layers[name] = stats
   return step, seen, layers
@@ -95,6 +97,10 @@ def _table(layers, min_variance):
     lines.append(f'{name:<26} {stats["mean_abs_pose"]:9.2e} '
                  f'{stats["within_class_sd"]:9.2e} {stats["active"]:7.3f} '
                  f'{variance} {below}  {entropy}')
+  lines.append(f'\n{"layer":<26} mean |mu| of pose rows 0 / 1 / 2 / 3')
+  for name, stats in layers.items():
+    lines.append(f'{name:<26} ' + ' '.join(
+        f'{value:9.2e}' for value in stats['mean_abs_pose_rows']))
   return '\n'.join(lines)
 
 

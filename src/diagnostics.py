@@ -18,9 +18,12 @@ batch, in the graph:
   * the variances (sigma_j^h)^2 of the last M-step, without the floor: their
     mean, and the fraction of them below the floor;
   * the fraction of capsules with activation a > 0.5;
-  * the poses, flattened, for the numpy side: mean |mu| and the standard
-    deviation of every pose entry over the examples of one class, averaged
-    over entries and classes (`PoseMoments`, streaming over batches).
+  * the poses, flattened, for the numpy side: mean |mu|, over all entries
+    and for each row of the 4 x 4 pose matrices (a vote's row r is the
+    child pose's row r times W_ij, so a row that shrinks in one layer stays
+    small in the next), and the standard deviation of every pose entry over
+    the examples of one class, averaged over entries and classes
+    (`PoseMoments`, streaming over batches).
 """
 
 import numpy as np
@@ -116,13 +119,16 @@ class PoseMoments:
   """Per-class running moments of flattened poses, over batches."""
 
   def __init__(self):
-    self._count, self._sum, self._squares, self._magnitude = {}, {}, {}, 0.0
+    self._count, self._sum, self._squares = {}, {}, {}
+    self._row_magnitudes = np.zeros(4)
     self._values = 0
 
   def add(self, poses, labels):
-    """poses [N, K], labels int [N]."""
+    """poses [N, K * 16] (K capsules' 4 x 4 poses, row-major), labels int
+    [N]."""
     poses = poses.astype(np.float64)
-    self._magnitude += np.abs(poses).sum()
+    self._row_magnitudes += np.abs(poses.reshape(len(poses), -1, 4, 4)).sum(
+        axis=(0, 1, 3))
     self._values += poses.size
     for label in np.unique(labels):
       rows = poses[labels == label]
@@ -133,7 +139,11 @@ class PoseMoments:
 
   def mean_magnitude(self):
     """Mean |mu| over every entry of every example."""
-    return self._magnitude / max(self._values, 1)
+    return self._row_magnitudes.sum() / max(self._values, 1)
+
+  def row_magnitudes(self):
+    """Mean |mu| of each row of the 4 x 4 poses [4], over every example."""
+    return self._row_magnitudes / max(self._values / 4, 1)
 
   def within_class_spread(self):
     """Standard deviation of each entry over a class's examples, averaged

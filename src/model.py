@@ -64,6 +64,8 @@ class ModelConfig:
     log_space: E-step in log space.
     reconstruction_weight: weight of the reconstruction loss; > 0 adds the
       decoder of nets/decoder.py (the reference's "R1" experiments).
+    decoder_standardization: the decoder standardises its input pose
+      entries with running statistics (nets/decoder.py; needs a decoder).
     conv1_padding: 'VALID' or 'SAME' for ReLU Conv1 (`geometry`); a
       model_config.json written before this field existed loads as VALID,
       the network it trained.
@@ -113,6 +115,7 @@ class ModelConfig:
   model: str = 'capsules'
   cnn_channels: int = 32
   cnn_hidden: int = 1024
+  decoder_standardization: bool = False
 
   def __post_init__(self):
     for name in ('num_classes', 'iterations', 'a', 'b', 'c', 'd'):
@@ -126,6 +129,9 @@ class ModelConfig:
     if self.reconstruction_weight < 0:
       raise ValueError('reconstruction_weight must be >= 0, got '
                        f'{self.reconstruction_weight}')
+    if self.decoder_standardization and self.reconstruction_weight == 0:
+      raise ValueError('decoder_standardization needs a decoder: set '
+                       'reconstruction_weight > 0')
     if self.min_variance < 0:
       raise ValueError(f'min_variance must be >= 0, got {self.min_variance}')
     schedules.inverse_temperature(self.inverse_temperature_schedule, 1.0)
@@ -254,9 +260,12 @@ class ModelConfig:
         images, self.num_classes, self.cnn_channels, self.cnn_hidden,
         training)
 
-  def reconstruct(self, poses, classes, image_shape):
-    """Images [N, H, W, channels] from the poses [N, J, 4, 4] of `classes`."""
-    return decoder.reconstruct(poses, classes, image_shape)
+  def reconstruct(self, poses, classes, image_shape, training=False):
+    """Images [N, H, W, channels] from the poses [N, J, 4, 4] of `classes`;
+    `training`: the training graph (it updates the decoder's input
+    statistics)."""
+    return decoder.reconstruct(poses, classes, image_shape,
+                               self.decoder_standardization, training)
 
   def save(self, directory):
     """Writes the config to `directory`/model_config.json atomically."""

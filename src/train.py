@@ -94,6 +94,10 @@ flags.DEFINE_float('class_lambda_scale', 1.0, 'Factor on the class '
                    "capsules' inverse temperature (the authors' code: 1/4).")
 flags.DEFINE_float('reconstruction_weight', 0.0,
                    'Weight of the reconstruction loss (0 = no decoder).')
+flags.DEFINE_bool('decoder_standardization', False, 'The decoder '
+                  'standardises its input pose entries with running '
+                  'statistics (nets/decoder.py; needs '
+                  '--reconstruction_weight > 0).')
 flags.DEFINE_enum('model', 'capsules', list(model.MODELS),
                   'capsules (the paper\'s network, spread loss) or '
                   'cnn_baseline (nets/cnn_baseline.py, cross-entropy).')
@@ -233,6 +237,7 @@ def _model_config(num_classes, previous):
       cost_standardization=FLAGS.cost_standardization,
       log_space=FLAGS.log_space,
       reconstruction_weight=FLAGS.reconstruction_weight,
+      decoder_standardization=FLAGS.decoder_standardization,
       conv1_padding=_conv1_padding(previous),
       initialization=FLAGS.initialization,
       activation_cost=FLAGS.activation_cost, cost_scale=FLAGS.cost_scale,

@@ -104,7 +104,7 @@ def build(images, labels, model_config, train_config, xla=False,
     loss = losses.spread_loss(labels, activations, scalars['margin'])
   if model_config.reconstruction_weight > 0:
     reconstructions = model_config.reconstruct(poses, labels,
-                                               images.shape[1:])
+                                               images.shape[1:], training=True)
     scalars['reconstruction_loss'] = losses.reconstruction_loss(
         images, reconstructions)
     loss += model_config.reconstruction_weight * scalars[

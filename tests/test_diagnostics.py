@@ -84,7 +84,7 @@ def test_entropy_is_over_all_parents_of_a_child():
 
 def test_pose_moments_stream_over_batches():
   rng = np.random.default_rng(1)
-  poses = rng.normal(size=(40, 6))
+  poses = rng.normal(size=(40, 32)) * np.tile(np.repeat([1, 2, 3, 4], 4), 2)
   labels = np.repeat([0, 1, 2, 3], 10)
   whole, split = diagnostics.PoseMoments(), diagnostics.PoseMoments()
   whole.add(poses, labels)
@@ -96,6 +96,9 @@ def test_pose_moments_stream_over_batches():
   assert whole.within_class_spread() == pytest.approx(expected, rel=1e-9)
   assert split.within_class_spread() == pytest.approx(expected, rel=1e-9)
   assert split.mean_magnitude() == pytest.approx(np.abs(poses).mean())
+  rows = np.abs(poses.reshape(40, 2, 4, 4)).mean(axis=(0, 1, 3))
+  np.testing.assert_allclose(split.row_magnitudes(), rows, rtol=1e-9)
+  assert np.all(np.diff(rows) > 0)
 
 
 @pytest.mark.parametrize('iterations', [1, 3])

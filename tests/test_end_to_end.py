@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+import tensorflow as tf
 
 from datasets import mnist
 import script_util
@@ -161,6 +162,7 @@ def test_resume_with_a_different_model_fails(run, data_dir):
     ('--final_lambda=0', 'final_lambda must be > 0'),
     ('--min_variance=-1', 'min_variance must be >= 0'),
     ('--routing_warmup_steps=-1', '--routing_warmup_steps must be >= 0'),
+    ('--decoder_standardization', 'decoder_standardization needs a decoder'),
 ])
 def test_train_rejects_bad_flags(flag, message, tmp_path):
   train_dir = tmp_path / 'train'
@@ -207,10 +209,15 @@ def test_pose_stats(run, data_dir):
 
 def test_pose_stats_compares_the_decoder_with_class_means(data_dir,
                                                           tmp_path):
+  """With the standardising decoder: its statistics, updated by training,
+  are in the checkpoint that pose_stats.py decodes with."""
   train_dir = str(tmp_path / 'train')
   _succeeded(_run('train.py', '--max_steps=1', '--train_dir=' + train_dir,
                   '--data_dir=' + data_dir, '--reconstruction_weight=0.0005',
-                  *TINY))
+                  '--decoder_standardization', *TINY))
+  checkpoint = tf.train.load_checkpoint(os.path.join(train_dir,
+                                                     'model.ckpt-1'))
+  assert checkpoint.get_tensor('decoder/input_statistics/variance').max() < 1
   result = _succeeded(_run(
       'pose_stats.py', '--train_dir=' + train_dir, '--data_dir=' + data_dir,
       '--gpu=0', '--num_images=50'))
@@ -241,6 +248,7 @@ def test_diagnose(run, data_dir, tmp_path):
       '--output=' + output))
   assert 'model.ckpt-7: 30 test images, 1 routing iterations' in (
       result.stdout)
+  assert 'mean |mu| of pose rows 0 / 1 / 2 / 3' in result.stdout
   with open(output) as f:
     record = json.load(f)
   assert record['step'] == 7 and record['num_images'] == 30
@@ -249,6 +257,8 @@ def test_diagnose(run, data_dir, tmp_path):
   for name, stats in record['layers'].items():
     assert name in result.stdout
     assert 0 <= stats['active'] <= 1 and stats['mean_abs_pose'] > 0
+    assert sum(stats['mean_abs_pose_rows']) / 4 == pytest.approx(
+        stats['mean_abs_pose'])
     if not name.endswith('primary_caps'):
       assert stats['entropy'] == pytest.approx([1.0], abs=1e-5)
       assert 0 <= stats['below_floor'] <= 1

@@ -57,6 +57,7 @@ default_i3_warmup default 3 5000 --routing_warmup_steps=2000
 default_i3_var1e-1_types_warmup default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_types --initial_assignments=per_slot --routing_warmup_steps=2000
 default_i3_var1e-1_positions_warmup default 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000
 default_i3_var1e-1_positions_warmup_recon default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.0005
+default_i3_var1e-1_positions_warmup_recon_std default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.0005 --decoder_standardization
 default_i3_var1e-1_positions_warmup_recon2e-3 default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.002
 default_i3_var1e-2_positions_warmup_recon default 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.0005
 default_i3_var1e-1_positions_warmup_augment default 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --augment

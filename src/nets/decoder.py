@@ -5,6 +5,18 @@ follow: all class capsules but one are masked out (the true class in
 training, the predicted class otherwise), and three fully connected layers,
 512 and 1024 ReLU units and a linear output, map the 16 pose entries of that
 capsule, placed in the slot of its class, to the image's pixels.
+
+`standardize_input` (this project's departure, off by default) first
+standardises each of the 16 pose entries with running estimates of its mean
+and variance over the chosen capsules of the training batches. The class
+capsules' pose entries can differ in scale by a factor of 100 (the first
+row, which holds the coordinate addition, against the others:
+notes/results.md); Adam moves each weight by about its learning rate per
+step, so the first layer cannot grow weights large enough to read the small
+entries within a run. The estimates are variables updated only by the
+training graph (`update_statistics`), and every graph, training or not,
+standardises with them, so a pose is decoded the same way in training and
+evaluation. The gradient does not flow through the estimates.
 """
 
 import math
@@ -14,6 +26,8 @@ import tensorflow as tf
 from nets import shapes
 
 HIDDEN_UNITS = (512, 1024)
+STATISTICS_DECAY = 0.99  # of the running mean and variance per step
+VARIANCE_EPSILON = 1e-12  # the small entries' variances are about 1e-6
 
 
 def _dense(inputs, units, activation_fn, name):
@@ -30,7 +44,28 @@ def _dense(inputs, units, activation_fn, name):
     return activation_fn(outputs) if activation_fn else outputs
 
 
-def reconstruct(poses, classes, image_shape, name='decoder'):
+def _standardized(entries, update_statistics):
+  """[N, 16] pose entries -> [N, 16], each entry standardised with the
+  running mean and variance (first updated with this batch's moments if
+  `update_statistics`)."""
+  with tf.compat.v1.variable_scope('input_statistics'):
+    mean = tf.compat.v1.get_variable(
+        'mean', [16], tf.float32, tf.compat.v1.zeros_initializer(),
+        trainable=False)
+    variance = tf.compat.v1.get_variable(
+        'variance', [16], tf.float32, tf.compat.v1.ones_initializer(),
+        trainable=False)
+  if update_statistics:
+    batch_mean, batch_variance = tf.nn.moments(tf.stop_gradient(entries), [0])
+    mean = mean.assign(STATISTICS_DECAY * mean +
+                       (1.0 - STATISTICS_DECAY) * batch_mean)
+    variance = variance.assign(STATISTICS_DECAY * variance +
+                               (1.0 - STATISTICS_DECAY) * batch_variance)
+  return (entries - mean) * tf.math.rsqrt(variance + VARIANCE_EPSILON)
+
+
+def reconstruct(poses, classes, image_shape, standardize_input=False,
+                update_statistics=False, name='decoder'):
   """Reconstructs each image from the pose of the capsule of `classes`.
 
   Args:
@@ -38,6 +73,10 @@ def reconstruct(poses, classes, image_shape, name='decoder'):
     classes: int [N], the capsule to keep for each example.
     image_shape: (H, W, channels) of the images: ints, or a static shape
       such as images.shape[1:].
+    standardize_input: standardise the chosen pose's entries first (see the
+      module's docstring).
+    update_statistics: with `standardize_input`, update the running mean
+      and variance with this batch (the training graph only).
     name: variable scope.
 
   Returns:
@@ -45,10 +84,14 @@ def reconstruct(poses, classes, image_shape, name='decoder'):
   """
   num_classes = shapes.static_size(poses, 1, name)
   image_shape = shapes.as_ints(image_shape, 'image_shape')
-  mask = tf.one_hot(classes, num_classes, dtype=poses.dtype)  # [N, J]
-  masked = tf.reshape(poses, [-1, num_classes, 16]) * mask[..., None]
-  net = tf.reshape(masked, [-1, num_classes * 16])
+  chosen = tf.gather(tf.reshape(poses, [-1, num_classes, 16]), classes,
+                     batch_dims=1)  # [N, 16]
   with tf.compat.v1.variable_scope(name):
+    if standardize_input:
+      chosen = _standardized(chosen, update_statistics)
+    mask = tf.one_hot(classes, num_classes, dtype=poses.dtype)  # [N, J]
+    net = tf.reshape(mask[..., None] * chosen[:, None, :],
+                     [-1, num_classes * 16])
     for k, units in enumerate(HIDDEN_UNITS):
       net = _dense(net, units, tf.nn.relu, f'fc{k + 1}')
     pixels = _dense(net, math.prod(image_shape), None, 'pixels')
