@@ -111,6 +111,47 @@ def squared_error(images, reconstructions):
                               axis=tuple(range(1, images.ndim)))))
 
 
+def linear_readout_error(poses, images, labels, entries, seed=0):
+  """How much of each image the pose entries `entries` determine linearly,
+  whatever a decoder makes of them.
+
+  For each class, the affine map from those entries to the pixels that fits
+  a random half of the class's examples best (least squares) is measured on
+  the other half. With no entries the map is the fitted half's mean image,
+  the label-only baseline on the same split.
+
+  Args:
+    poses: [N, 16], the pose of each example's own class capsule.
+    images: [N, ...].
+    labels: int [N].
+    entries: indices of the pose entries to read.
+    seed: of the split.
+
+  Returns:
+    summed squared pixel error per held-out image, averaged over them; NaN
+    if no class has examples in both halves.
+  """
+  pixels = images.reshape(len(images), -1).astype(np.float64)
+  features = poses[:, list(entries)].astype(np.float64)
+  held_out = np.random.default_rng(seed).random(len(labels)) < 0.5
+  errors = []
+  for k in np.unique(labels):
+    fit, test = (labels == k) & ~held_out, (labels == k) & held_out
+    if not fit.any() or not test.any():
+      continue
+    mean, scale = features[fit].mean(axis=0), features[fit].std(axis=0)
+    scale[scale == 0] = 1.0
+
+    def design(rows):
+      return np.hstack([(features[rows] - mean) / scale,
+                        np.ones((rows.sum(), 1))])
+
+    weights = np.linalg.lstsq(design(fit), pixels[fit], rcond=None)[0]
+    errors.append(np.sum(np.square(pixels[test] - design(test) @ weights),
+                         axis=1))
+  return float(np.mean(np.concatenate(errors))) if errors else float('nan')
+
+
 def decode_poses(config, session_config, checkpoint, poses, classes,
                  image_shape):
   """Reconstructions [M, H, W, C] by the run's decoder from class poses

@@ -7,7 +7,12 @@ Restores a checkpoint of a run (the latest, or --step) and passes the first
 image's true class it prints, per pose entry mu^h, the mean magnitude and
 the standard deviation across the images of that class (averaged over
 classes): a pose that hardly varies within a class carries no
-instantiation parameters for a decoder to use. When the run trains the
+instantiation parameters for a decoder to use. Whatever their scale, how
+much of the image the entries determine is measured by a linear read-out
+(evaluation.linear_readout_error): per class, the best affine map from the
+entries (all 16, the first row, the other three rows, none: the class mean)
+to the pixels, fitted on a random half of the images and measured on the
+other half. When the run trains the
 reconstruction decoder, it prints the decoder's summed squared pixel error
 beside the error of the best input-blind guess, each class's mean image,
 and with --figures_dir draws
@@ -44,6 +49,8 @@ flags.DEFINE_string('figures_dir', None, 'Draw reconstructions.png and '
                     'perturbations.png here (runs with a decoder).')
 
 PERTURBATIONS = np.linspace(-2.0, 2.0, 9)  # in standard deviations
+READOUTS = (('class mean', ()), ('row 0', range(4)), ('rows 1-3', range(4, 16)),
+            ('all 16', range(16)))
 
 
 def _run_network(config, session_config, checkpoint):
@@ -118,6 +125,13 @@ def main(argv):
   print('entry h        ' + ''.join(f'{h:>9d}' for h in range(16)))
   print('mean |mu^h|    ' + ''.join(f'{v:9.2e}' for v in magnitude))
   print('within-class sd' + ''.join(f'{v:9.2e}' for v in spread))
+  readout = {name: evaluation.linear_readout_error(poses, images, labels,
+                                                   entries)
+             for name, entries in READOUTS}
+  print('linear read-out, per class, held-out half (summed squares per '
+        'image): ' + ', '.join(f'{name} {error:.2f}'
+                               for name, error in readout.items()) +
+        f'; all 16 / class mean {readout["all 16"] / readout["class mean"]:.3f}')
   if reconstructions is not None:
     decoder = evaluation.squared_error(images, reconstructions)
     class_mean = evaluation.squared_error(

@@ -204,6 +204,10 @@ def test_pose_stats(run, data_dir):
   rows = _pose_table(result.stdout)
   assert len(rows['mean |mu^h|']) == len(rows['within-class sd']) == 16
   assert all(v > 0 for v in rows['mean |mu^h|'])
+  readout = re.search(r'linear read-out.*: class mean ([\d.]+), row 0 '
+                      r'([\d.]+), rows 1-3 ([\d.]+), all 16 ([\d.]+);',
+                      result.stdout)
+  assert readout and all(float(v) >= 0 for v in readout.groups())
   assert 'reconstruction error' not in result.stdout
 
 
