@@ -264,8 +264,10 @@ class ModelConfig:
     """Images [N, H, W, channels] from the poses [N, J, 4, 4] of `classes`;
     `training`: the training graph (it updates the decoder's input
     statistics)."""
-    return decoder.reconstruct(poses, classes, image_shape,
-                               self.decoder_standardization, training)
+    return decoder.reconstruct(
+        poses, classes, image_shape,
+        standardize_input=self.decoder_standardization,
+        update_statistics=training)
 
   def save(self, directory):
     """Writes the config to `directory`/model_config.json atomically."""

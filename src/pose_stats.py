@@ -12,8 +12,9 @@ much of the image the entries determine is measured by a linear read-out
 (evaluation.linear_readout_error): per class, the best affine map from the
 entries (all 16, the first row, the other three rows, none: the class mean)
 to the pixels, fitted on a random half of the images and measured on the
-other half. When the run trains the
-reconstruction decoder, it prints the decoder's summed squared pixel error
+other half (17 parameters per class: use thousands of images). When the
+run trains the reconstruction decoder, it prints the decoder's summed
+squared pixel error
 beside the error of the best input-blind guess, each class's mean image,
 and with --figures_dir draws
 
@@ -128,10 +129,11 @@ def main(argv):
   readout = {name: evaluation.linear_readout_error(poses, images, labels,
                                                    entries)
              for name, entries in READOUTS}
+  ratio = np.divide(readout['all 16'], readout['class mean'])
   print('linear read-out, per class, held-out half (summed squares per '
         'image): ' + ', '.join(f'{name} {error:.2f}'
                                for name, error in readout.items()) +
-        f'; all 16 / class mean {readout["all 16"] / readout["class mean"]:.3f}')
+        f'; all 16 / class mean {ratio:.3f}')
   if reconstructions is not None:
     decoder = evaluation.squared_error(images, reconstructions)
     class_mean = evaluation.squared_error(

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -163,11 +164,13 @@ def test_resume_with_a_different_model_fails(run, data_dir):
     ('--min_variance=-1', 'min_variance must be >= 0'),
     ('--routing_warmup_steps=-1', '--routing_warmup_steps must be >= 0'),
     ('--decoder_standardization', 'decoder_standardization needs a decoder'),
+    ('--decoder_standardization --reconstruction_weight=1 --cpu_replicas=2',
+     'trains on one device only'),
 ])
 def test_train_rejects_bad_flags(flag, message, tmp_path):
   train_dir = tmp_path / 'train'
   result = _run('train.py', '--train_dir=' + str(train_dir),
-                flag.format(tmp=tmp_path))
+                *flag.format(tmp=tmp_path).split())
   _failed(result, message)
   assert not train_dir.exists()
 
@@ -221,7 +224,9 @@ def test_pose_stats_compares_the_decoder_with_class_means(data_dir,
                   '--decoder_standardization', *TINY))
   checkpoint = tf.train.load_checkpoint(os.path.join(train_dir,
                                                      'model.ckpt-1'))
-  assert checkpoint.get_tensor('decoder/input_statistics/variance').max() < 1
+  for name, start in (('mean', 0.0), ('variance', 1.0)):
+    values = checkpoint.get_tensor('decoder/input_statistics/' + name)
+    assert not np.allclose(values, start), name
   result = _succeeded(_run(
       'pose_stats.py', '--train_dir=' + train_dir, '--data_dir=' + data_dir,
       '--gpu=0', '--num_images=50'))

@@ -45,7 +45,8 @@ def _statistics():
 
 def test_training_graph_updates_the_decoders_input_statistics():
   """One training step moves the running moments 1% of the way to the
-  chosen capsules' batch moments; an evaluation graph leaves them."""
+  chosen capsules' batch moments; an evaluation graph on the same variables
+  leaves them, and then decodes as the training step did."""
   rng = np.random.default_rng(1)
   poses = rng.normal(size=(6, 3, 4, 4)).astype(np.float32)
   classes = np.array([0, 2, 1, 1, 0, 2])
@@ -54,15 +55,19 @@ def test_training_graph_updates_the_decoders_input_statistics():
     training_images = decoder.reconstruct(
         tf.constant(poses), tf.constant(classes), (2, 2, 1),
         standardize_input=True, update_statistics=True)
-    evaluation_images = decoder.reconstruct(
-        tf.constant(poses), tf.constant(classes), (2, 2, 1),
-        standardize_input=True, name='decoder_evaluation')
+    with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
+                                     reuse=True):
+      evaluation_images = decoder.reconstruct(
+          tf.constant(poses), tf.constant(classes), (2, 2, 1),
+          standardize_input=True)
     session.run(tf.compat.v1.global_variables_initializer())
     session.run(evaluation_images)
     np.testing.assert_allclose(session.run(_statistics()),
                                [np.zeros(16), np.ones(16)])
-    session.run(training_images)
+    trained = session.run(training_images)
     mean, variance = session.run(_statistics())
+    np.testing.assert_allclose(session.run(evaluation_images), trained,
+                               rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(mean, 0.01 * chosen.mean(axis=0), atol=1e-6)
   np.testing.assert_allclose(variance, 0.99 + 0.01 * chosen.var(axis=0),
                              rtol=1e-5)
