@@ -136,18 +136,15 @@ def linear_readout_error(poses, images, labels, entries, seed=0):
   held_out = np.random.default_rng(seed).random(len(labels)) < 0.5
   errors = []
   for k in np.unique(labels):
-    fit, test = (labels == k) & ~held_out, (labels == k) & held_out
-    if not fit.any() or not test.any():
+    x, y, test = features[labels == k], pixels[labels == k], held_out[
+        labels == k]
+    if test.all() or not test.any():
       continue
-    mean, scale = features[fit].mean(axis=0), features[fit].std(axis=0)
+    mean, scale = x[~test].mean(axis=0), x[~test].std(axis=0)
     scale[scale == 0] = 1.0
-
-    def design(rows):
-      return np.hstack([(features[rows] - mean) / scale,
-                        np.ones((rows.sum(), 1))])
-
-    weights = np.linalg.lstsq(design(fit), pixels[fit], rcond=None)[0]
-    errors.append(np.sum(np.square(pixels[test] - design(test) @ weights),
+    design = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    weights = np.linalg.lstsq(design[~test], y[~test], rcond=None)[0]
+    errors.append(np.sum(np.square(y[test] - design[test] @ weights),
                          axis=1))
   return float(np.mean(np.concatenate(errors))) if errors else float('nan')
 

@@ -14,9 +14,8 @@ entries (all 16, the first row, the other three rows, none: the class mean)
 to the pixels, fitted on a random half of the images and measured on the
 other half (17 parameters per class: use thousands of images). When the
 run trains the reconstruction decoder, it prints the decoder's summed
-squared pixel error
-beside the error of the best input-blind guess, each class's mean image,
-and with --figures_dir draws
+squared pixel error beside the error of the best input-blind guess, each
+class's mean image, and with --figures_dir draws
 
   reconstructions.png  the first test image of each class and its
                        reconstruction;
