@@ -41,6 +41,7 @@ import evaluation
 import figures
 import model
 import runtime
+from nets import decoder
 
 FLAGS = flags.FLAGS
 
@@ -64,8 +65,7 @@ def _run_network(config, session_config, checkpoint):
     images, labels = tf.compat.v1.data.make_one_shot_iterator(data).get_next()
     poses, _ = config.build(images)
     fetches = {'images': images, 'labels': labels,
-               'poses': tf.reshape(tf.gather(poses, labels, batch_dims=1),
-                                   [-1, 16])}
+               'poses': decoder.chosen_poses(poses, labels)}
     if config.reconstruction_weight > 0:
       fetches['reconstructions'] = config.reconstruct(poses, labels,
                                                       images.shape[1:])

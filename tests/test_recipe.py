@@ -22,6 +22,17 @@ from test_smallnorb import _write_split
 REPO = __import__('conftest').REPO
 
 
+def test_chosen_poses_are_the_row_major_entries_of_each_examples_class():
+  poses = np.arange(3 * 5 * 16, dtype=np.float32).reshape(3, 5, 4, 4)
+  classes = np.array([0, 4, 2])
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    chosen = session.run(decoder.chosen_poses(tf.constant(poses),
+                                              tf.constant(classes)))
+  assert chosen.shape == (3, 16)
+  for n, j in enumerate(classes):
+    np.testing.assert_array_equal(chosen[n], poses[n, j].ravel())
+
+
 def test_decoder_uses_only_the_chosen_capsule():
   rng = np.random.default_rng(0)
   with tf.Graph().as_default(), tf.compat.v1.Session() as session:

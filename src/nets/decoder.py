@@ -69,6 +69,21 @@ def _standardized(entries, update_statistics):
   return (entries - mean) * tf.math.rsqrt(variance + VARIANCE_EPSILON)
 
 
+def chosen_poses(poses, classes):
+  """The 16 pose entries of the capsule of `classes` in each example.
+
+  Args:
+    poses: class capsule poses [N, J, 4, 4].
+    classes: int [N].
+
+  Returns:
+    [N, 16], row-major.
+  """
+  num_classes = shapes.static_size(poses, 1, 'chosen_poses')
+  return tf.gather(tf.reshape(poses, [-1, num_classes, 16]), classes,
+                   batch_dims=1)
+
+
 def reconstruct(poses, classes, image_shape, *, standardize_input=False,
                 update_statistics=False, name='decoder'):
   """Reconstructs each image from the pose of the capsule of `classes`.
@@ -89,8 +104,7 @@ def reconstruct(poses, classes, image_shape, *, standardize_input=False,
   """
   num_classes = shapes.static_size(poses, 1, name)
   image_shape = shapes.as_ints(image_shape, 'image_shape')
-  chosen = tf.gather(tf.reshape(poses, [-1, num_classes, 16]), classes,
-                     batch_dims=1)  # [N, 16]
+  chosen = chosen_poses(poses, classes)  # [N, 16]
   with tf.compat.v1.variable_scope(name):
     if standardize_input:
       chosen = _standardized(chosen, update_statistics)
