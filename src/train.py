@@ -197,11 +197,6 @@ def _validate_flags():
     deployment_lib.check_batch_size(deployment, FLAGS.batch_size)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  if FLAGS.decoder_standardization and deployment.num_replicas > 1:
-    raise app.UsageError(
-        '--decoder_standardization trains on one device only (each replica '
-        f'would keep its own input statistics); got {deployment.num_replicas} '
-        'replicas.')
   return deployment, deployment_lib.session_config(deployment,
                                                    session_config)
 

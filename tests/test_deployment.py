@@ -73,10 +73,12 @@ def _dataset():
           GLOBAL_BATCH)
 
 
-def _train(setup, checkpoint, save):
-  """STEPS steps from the values in `checkpoint` (or fresh ones, saved
-  there); returns the losses, gradient norms and the devices of the ops."""
-  config = model.ModelConfig(iterations=2, **TINY)
+def _train(setup, checkpoint, save, config=None):
+  """STEPS steps of `config` (default: a tiny network at 2 iterations) from
+  the values in `checkpoint` (or fresh ones, saved there); returns the
+  losses, gradient norms, the devices of the ops and the final values of
+  the non-trainable variables {name: array}."""
+  config = config or model.ModelConfig(iterations=2, **TINY)
 
   def replica_step(images, labels, num_replicas):
     outputs = training.build(images, labels, config, training.TrainConfig(),
@@ -100,10 +102,13 @@ def _train(setup, checkpoint, save):
       else:
         saver.restore(session, checkpoint)
       results = [session.run(outputs) for _ in range(STEPS)]
+      statistics = {v.op.name: session.run(v)
+                    for v in tf.compat.v1.global_variables()
+                    if 'input_statistics' in v.op.name}
     devices = {op.device for op in graph.get_operations()
                if op.type == 'CapsuleVoteMoments' or op.type == 'Conv2D'}
   return ([r['loss'] for r in results], [r['gradient_norm'] for r in results],
-          devices)
+          devices, statistics)
 
 
 def test_two_replicas_match_one_device(tmp_path):
@@ -118,6 +123,28 @@ def test_two_replicas_match_one_device(tmp_path):
   assert len(set(single[0])) == STEPS  # the steps changed the loss
   placed = ' '.join(mirrored[2]).upper()
   assert 'CPU:0' in placed and 'CPU:1' in placed, mirrored[2]
+
+
+def test_two_replicas_standardise_the_decoders_input_as_one_device(tmp_path):
+  """With --decoder_standardization the replicas update the decoder's
+  running mean and variance with the whole global batch's moments: after 3
+  steps they match one device's, and so do the losses."""
+  config = model.ModelConfig(iterations=1, reconstruction_weight=0.0005,
+                             decoder_standardization=True, **TINY)
+  checkpoint = str(tmp_path / 'start')
+  single = _train(deployment.Deployment(), checkpoint, True, config)
+  mirrored = _train(deployment.from_flags('0', 2), checkpoint, False, config)
+  np.testing.assert_allclose(mirrored[0], single[0], rtol=1e-4)
+  assert set(single[3]) == {'decoder/input_statistics/mean',
+                            'decoder/input_statistics/variance'}
+  assert set(mirrored[3]) == set(single[3])
+  for name, value in single[3].items():
+    np.testing.assert_allclose(mirrored[3][name], value, rtol=1e-4,
+                               atol=1e-7)
+  start = {'decoder/input_statistics/mean': 0.0,
+           'decoder/input_statistics/variance': 1.0}
+  assert all(np.abs(value - start[name]).max() > 1e-4
+             for name, value in single[3].items())  # the steps updated them
 
 
 def _train_py(*args):

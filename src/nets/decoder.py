@@ -19,11 +19,13 @@ standardises with them, so a pose is decoded the same way in training and
 evaluation. The gradient does not flow through the estimates. They start at
 mean 0 and variance 1, without bias correction, so entries with variances
 near 1e-6 are fully standardised only after about 1,400 steps (0.99^1400 is
-1e-6). One device only: train.py refuses the switch with several replicas,
-whose copies of the estimates would each follow their own share of the
-batch.
+1e-6). Under a tf.distribute strategy with several replicas the batch's
+moments are summed across the replicas (as synchronised batch
+normalisation does), so every replica updates the estimates with the moments
+of the whole global batch, as one device would.
 """
 
+import functools
 import math
 
 import tensorflow as tf
@@ -49,6 +51,27 @@ def _dense(inputs, units, activation_fn, name):
     return activation_fn(outputs) if activation_fn else outputs
 
 
+# Every replica computes the same update (from the global batch's moments),
+# so a mirrored estimate takes the first replica's.
+_SAME_ON_EVERY_REPLICA = tf.VariableAggregation.ONLY_FIRST_REPLICA
+
+
+def _batch_moments(entries):
+  """Mean and variance [16] of the entries [n, 16] over the global batch:
+  this replica's n rows and, under a strategy with several replicas, every
+  other replica's (two all-reduces: the mean, then the squared deviations
+  from it)."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return tf.nn.moments(entries, [0])
+  total = functools.partial(context.all_reduce, tf.distribute.ReduceOp.SUM)
+  count = total(tf.cast(tf.shape(entries)[0], entries.dtype))
+  mean = total(tf.reduce_sum(entries, 0)) / count
+  variance = total(tf.reduce_sum(tf.math.squared_difference(entries, mean),
+                                 0)) / count
+  return mean, variance
+
+
 def _standardized(entries, update_statistics):
   """[N, 16] pose entries -> [N, 16], each entry standardised with the
   running mean and variance (first updated with this batch's moments if
@@ -56,12 +79,12 @@ def _standardized(entries, update_statistics):
   with tf.compat.v1.variable_scope('input_statistics'):
     mean = tf.compat.v1.get_variable(
         'mean', [16], tf.float32, tf.compat.v1.zeros_initializer(),
-        trainable=False)
+        trainable=False, aggregation=_SAME_ON_EVERY_REPLICA)
     variance = tf.compat.v1.get_variable(
         'variance', [16], tf.float32, tf.compat.v1.ones_initializer(),
-        trainable=False)
+        trainable=False, aggregation=_SAME_ON_EVERY_REPLICA)
   if update_statistics:
-    batch_mean, batch_variance = tf.nn.moments(tf.stop_gradient(entries), [0])
+    batch_mean, batch_variance = _batch_moments(tf.stop_gradient(entries))
     mean = mean.assign(STATISTICS_DECAY * mean +
                        (1.0 - STATISTICS_DECAY) * batch_mean)
     variance = variance.assign(STATISTICS_DECAY * variance +
