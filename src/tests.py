@@ -18,8 +18,15 @@ test set of datasets/affnist.py instead, into <train_dir>/eval_affnist;
 --test_set=train a MNIST run on its 60,000 training images (unaugmented,
 in file order) into <train_dir>/eval_train: the training accuracy, to set
 beside the test accuracy.
+
+--iterations=N is a probe of the routing: it evaluates the run's weights
+with N EM routing iterations in every capsule layer instead of the count
+they were trained at, by default into
+<train_dir>/eval_<test_set>_iterations<N> (eval_test_iterations3); every
+record names the iterations it routed.
 """
 
+import dataclasses
 import itertools
 import json
 import os
@@ -40,7 +47,8 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string('train_dir', 'runs/default', 'Directory of the run.')
 flags.DEFINE_string('eval_dir', None, 'Where results go; default '
-                    '<train_dir>/eval_<test_set>, e.g. eval_test.')
+                    '<train_dir>/eval_<test_set>, e.g. eval_test (see '
+                    '--iterations).')
 flags.DEFINE_enum('dataset', None, sorted(datasets.DATASETS),
                   'Dataset; default: the one the run trains on.')
 flags.DEFINE_string('data_dir', None, 'Dataset directory; default '
@@ -68,6 +76,10 @@ flags.DEFINE_integer('min_interval_secs', 10,
 flags.DEFINE_integer('intra_op_threads', 0, 'Intra-op threads (0 = auto).')
 flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
 flags.DEFINE_bool('xla', False, 'Compile the routing with XLA.')
+flags.DEFINE_integer('iterations', None, 'Route this many EM iterations in '
+                     'every capsule layer instead of the run\'s own (the '
+                     'weights stay those trained at its count); default --eval_dir '
+                     '<train_dir>/eval_<test_set>_iterations<N>.')
 
 RESULTS_FILE = 'results.jsonl'
 
@@ -78,9 +90,11 @@ def _split():
   return 'train' if FLAGS.test_set == 'train' else 'test'
 
 
-def report(step, predictions, labels, num_classes, seconds, eval_dir,
+def report(step, predictions, labels, config, seconds, eval_dir,
            checkpoint, writer):
-  """Logs, summarises and appends the result of one checkpoint."""
+  """Logs, summarises and appends the result of one checkpoint of a network
+  built from `config` (a model.ModelConfig)."""
+  num_classes = config.num_classes
   accuracy = float(np.mean(predictions == labels))
   per_class = evaluation.per_class_accuracy(predictions, labels,
                                             num_classes)
@@ -101,7 +115,9 @@ def report(step, predictions, labels, num_classes, seconds, eval_dir,
             'per_class_accuracy': [float(v) for v in per_class],
             'eval_seconds': round(seconds, 2), 'time': time.time(),
             'checkpoint': os.path.basename(checkpoint),
-            'checkpoint_time': _checkpoint_time(checkpoint)}
+            'checkpoint_time': _checkpoint_time(checkpoint),
+            'iterations': config.iterations,
+            'class_iterations': config.class_layer_iterations}
   with open(os.path.join(eval_dir, RESULTS_FILE), 'a') as f:
     f.write(json.dumps(record) + '\n')
   return record
@@ -219,7 +235,27 @@ def _validate_flags():
       raise app.UsageError(f'--{name} must be >= 1, got {FLAGS[name].value}')
   if FLAGS.timeout_secs < 0:
     raise app.UsageError('--timeout_secs must be >= 0')
+  if FLAGS.iterations is not None and FLAGS.iterations < 1:
+    raise app.UsageError(f'--iterations must be >= 1, got {FLAGS.iterations}')
   return runtime.checked_session_config(FLAGS)
+
+
+def _routed(config):
+  """`config`, routing --iterations times in every capsule layer if given.
+
+  Raises:
+    app.UsageError: --iterations for a network without routing.
+  """
+  if FLAGS.iterations is None:
+    return config
+  if config.model != 'capsules':
+    raise app.UsageError(f'--iterations: {FLAGS.train_dir} holds a '
+                         f'{config.model} network, which does not route.')
+  logging.info('Routing %d iterations in every capsule layer; the run '
+               'trained at %d (class capsules %d).', FLAGS.iterations,
+               config.iterations, config.class_layer_iterations)
+  return dataclasses.replace(config, iterations=FLAGS.iterations,
+                             class_iterations=0)
 
 
 def _eval_options(dataset_name):
@@ -252,7 +288,7 @@ def main(argv):
   session_config = _validate_flags()
   _await_run()
   try:
-    config = model.ModelConfig.load(FLAGS.train_dir)
+    config = _routed(model.ModelConfig.load(FLAGS.train_dir))
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from e
   dataset_name = FLAGS.dataset or config.dataset
@@ -262,8 +298,9 @@ def main(argv):
         f'{FLAGS.train_dir} has {config.num_classes} classes but '
         f'--dataset={dataset_name} has {dataset.NUM_CLASSES}.')
   options = _eval_options(dataset_name)
-  eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.train_dir,
-                                            'eval_' + FLAGS.test_set)
+  probe = '' if FLAGS.iterations is None else f'_iterations{FLAGS.iterations}'
+  eval_dir = FLAGS.eval_dir or os.path.join(
+      FLAGS.train_dir, f'eval_{FLAGS.test_set}{probe}')
   os.makedirs(eval_dir, exist_ok=True)
   try:
     evaluator = evaluation.Evaluator(config, dataset,
@@ -290,7 +327,7 @@ def main(argv):
     if len(labels) != evaluator.num_examples:
       raise RuntimeError(f'evaluated {len(labels)} examples, expected '
                          f'{evaluator.num_examples}')
-    record = report(step, predictions, labels, config.num_classes,
+    record = report(step, predictions, labels, config,
                     time.time() - start, eval_dir, checkpoint, writer)
     done.add(step)
     if FLAGS.once:

@@ -121,6 +121,18 @@ def test_evaluate_once(run, data_dir):
   assert len(record['per_class_accuracy']) == 10
   assert all(0.0 <= v <= 1.0 for v in record['per_class_accuracy'])
   assert f'step 7: accuracy {record["accuracy"]:.4f}' in result.stdout
+  assert (record['iterations'], record['class_iterations']) == (1, 1)
+
+
+def test_evaluate_once_routing_more_iterations_than_trained(run, data_dir):
+  """--iterations=3 on the fixture's 1-iteration run: its own directory,
+  records that name 3 iterations in every layer."""
+  result, records = _evaluate_once(run, data_dir, 'eval_test_iterations3',
+                                   '--iterations=3', '--batch_size=500')
+  assert [(r['step'], r['images_evaluated'], r['iterations'],
+           r['class_iterations']) for r in records] == [(7, 10000, 3, 3)]
+  assert ('Routing 3 iterations in every capsule layer; the run trained at '
+          '1') in result.stderr
 
 
 def test_evaluate_once_on_the_training_set(run, data_dir):
@@ -178,6 +190,7 @@ def test_train_rejects_bad_flags(flag, message, tmp_path):
     ('--smallnorb_crops=0', '--smallnorb_crops must be >= 1'),
     ('--data_dir={tmp}/nonexistent', 'is not a directory'),
     ('--gpu=1;2', '--gpu must be comma-separated GPU indices'),
+    ('--iterations=0', '--iterations must be >= 1'),
 ])
 def test_evaluate_rejects_bad_flags(flag, message, run, tmp_path):
   eval_dir = tmp_path / 'eval'
