@@ -134,11 +134,11 @@ def main(argv):
                                for name, error in readout.items()) +
         f'; all 16 / class mean {ratio:.3f}')
   if reconstructions is not None:
-    decoder = evaluation.squared_error(images, reconstructions)
+    decoder_error = evaluation.squared_error(images, reconstructions)
     class_mean = evaluation.squared_error(
         images, evaluation.class_means(images, labels))
     print('reconstruction error (summed squares per image): decoder '
-          f'{decoder:.2f}, class-mean image {class_mean:.2f}')
+          f'{decoder_error:.2f}, class-mean image {class_mean:.2f}')
     if FLAGS.figures_dir:
       _draw_figures(config, session_config, checkpoint, images, labels,
                     poses)

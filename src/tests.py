@@ -78,8 +78,8 @@ flags.DEFINE_integer('inter_op_threads', 0, 'Inter-op threads (0 = auto).')
 flags.DEFINE_bool('xla', False, 'Compile the routing with XLA.')
 flags.DEFINE_integer('iterations', None, 'Route this many EM iterations in '
                      'every capsule layer instead of the run\'s own (the '
-                     'weights stay those trained at its count); default --eval_dir '
-                     '<train_dir>/eval_<test_set>_iterations<N>.')
+                     'weights stay those trained at its count); default '
+                     '--eval_dir <train_dir>/eval_<test_set>_iterations<N>.')
 
 RESULTS_FILE = 'results.jsonl'
 
@@ -116,11 +116,19 @@ def report(step, predictions, labels, config, seconds, eval_dir,
             'eval_seconds': round(seconds, 2), 'time': time.time(),
             'checkpoint': os.path.basename(checkpoint),
             'checkpoint_time': _checkpoint_time(checkpoint),
-            'iterations': config.iterations,
-            'class_iterations': config.class_layer_iterations}
+            **_routing(config)}
   with open(os.path.join(eval_dir, RESULTS_FILE), 'a') as f:
     f.write(json.dumps(record) + '\n')
   return record
+
+
+def _routing(config):
+  """The EM routing iterations a record's network ran: {} for a network
+  that does not route."""
+  if config.model != 'capsules':
+    return {}
+  return {'iterations': config.iterations,
+          'class_iterations': config.class_layer_iterations}
 
 
 def _checkpoint_time(checkpoint):
@@ -131,13 +139,19 @@ def _checkpoint_time(checkpoint):
     return None
 
 
-def _evaluated_steps(eval_dir):
-  """Steps already in results.jsonl, so a restarted loop does not redo them."""
+def _evaluated_steps(eval_dir, trained, routed):
+  """Steps already in results.jsonl with the routing of `routed` (a record
+  without iterations routed as `trained`, the run's config), so a restarted
+  loop does not redo them."""
   path = os.path.join(eval_dir, RESULTS_FILE)
   if not os.path.exists(path):
     return set()
   with open(path) as f:
-    return {json.loads(line)['step'] for line in f if line.strip()}
+    records = [json.loads(line) for line in f if line.strip()]
+  before, wanted = _routing(trained), _routing(routed)
+  return {record['step'] for record in records
+          if all(record.get(key, before.get(key)) == value
+                 for key, value in wanted.items())}
 
 
 def _step_of(checkpoint):
@@ -288,9 +302,10 @@ def main(argv):
   session_config = _validate_flags()
   _await_run()
   try:
-    config = _routed(model.ModelConfig.load(FLAGS.train_dir))
+    trained = model.ModelConfig.load(FLAGS.train_dir)
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from e
+  config = _routed(trained)
   dataset_name = FLAGS.dataset or config.dataset
   dataset = datasets.get_dataset(dataset_name)
   if dataset.NUM_CLASSES != config.num_classes:
@@ -310,7 +325,7 @@ def main(argv):
   except datasets.download.DataError as e:
     logging.error('%s', e)
     raise SystemExit(2) from e
-  done = set() if FLAGS.once else _evaluated_steps(eval_dir)
+  done = set() if FLAGS.once else _evaluated_steps(eval_dir, trained, config)
   writer = tf.compat.v1.summary.FileWriter(eval_dir)
   for checkpoint in _checkpoints():
     if _step_of(checkpoint) in done:

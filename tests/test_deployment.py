@@ -77,7 +77,7 @@ def _train(setup, checkpoint, save, config=None):
   """STEPS steps of `config` (default: a tiny network at 2 iterations) from
   the values in `checkpoint` (or fresh ones, saved there); returns the
   losses, gradient norms, the devices of the ops and the final values of
-  the non-trainable variables {name: array}."""
+  the decoder's input statistics {name: array}, every replica's copy."""
   config = config or model.ModelConfig(iterations=2, **TINY)
 
   def replica_step(images, labels, num_replicas):
@@ -102,9 +102,10 @@ def _train(setup, checkpoint, save, config=None):
       else:
         saver.restore(session, checkpoint)
       results = [session.run(outputs) for _ in range(STEPS)]
-      statistics = {v.op.name: session.run(v)
+      statistics = {copy.name: session.run(copy)
                     for v in tf.compat.v1.global_variables()
-                    if 'input_statistics' in v.op.name}
+                    if 'input_statistics' in v.op.name
+                    for copy in getattr(v, 'values', (v,))}
     devices = {op.device for op in graph.get_operations()
                if op.type == 'CapsuleVoteMoments' or op.type == 'Conv2D'}
   return ([r['loss'] for r in results], [r['gradient_norm'] for r in results],
@@ -135,14 +136,17 @@ def test_two_replicas_standardise_the_decoders_input_as_one_device(tmp_path):
   single = _train(deployment.Deployment(), checkpoint, True, config)
   mirrored = _train(deployment.from_flags('0', 2), checkpoint, False, config)
   np.testing.assert_allclose(mirrored[0], single[0], rtol=1e-4)
-  assert set(single[3]) == {'decoder/input_statistics/mean',
-                            'decoder/input_statistics/variance'}
-  assert set(mirrored[3]) == set(single[3])
-  for name, value in single[3].items():
-    np.testing.assert_allclose(mirrored[3][name], value, rtol=1e-4,
-                               atol=1e-7)
-  start = {'decoder/input_statistics/mean': 0.0,
-           'decoder/input_statistics/variance': 1.0}
+  names = ('decoder/input_statistics/mean',
+           'decoder/input_statistics/variance')
+  assert set(single[3]) == {name + ':0' for name in names}
+  assert set(mirrored[3]) == {name + suffix for name in names
+                              for suffix in (':0', '/replica_1:0')}
+  for name, value in mirrored[3].items():
+    np.testing.assert_allclose(
+        value, single[3][name.replace('/replica_1', '')], rtol=1e-4,
+        atol=1e-7)
+  start = {'decoder/input_statistics/mean:0': 0.0,
+           'decoder/input_statistics/variance:0': 1.0}
   assert all(np.abs(value - start[name]).max() > 1e-4
              for name, value in single[3].items())  # the steps updated them
 
@@ -156,22 +160,27 @@ def _train_py(*args):
       check=False)
 
 
+# The decoder with its input statistics, the state the replicas all-reduce.
+DECODER = ('--reconstruction_weight=0.0005', '--decoder_standardization')
+
+
 def test_train_py_resumes_on_another_number_of_devices(tmp_path):
   """Two steps on one device, then two more on two logical CPUs, from the
   same checkpoint; the variable names are those of one device."""
   if not os.path.exists(os.path.join(REPO, 'data', 'mnist')):
     pytest.skip('real MNIST files not found')
   train_dir = str(tmp_path / 'run')
-  first = _train_py(f'--train_dir={train_dir}', '--max_steps=2')
+  first = _train_py(f'--train_dir={train_dir}', '--max_steps=2', *DECODER)
   assert first.returncode == 0, first.stderr[-3000:]
   second = _train_py(f'--train_dir={train_dir}', '--max_steps=4',
-                     '--cpu_replicas=2')
+                     '--cpu_replicas=2', *DECODER)
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'from step 2 to 4' in second.stderr
   assert '/cpu:0, /cpu:1' in second.stderr
   assert tf.train.latest_checkpoint(train_dir).endswith('-4')
   names = {name for name, _ in tf.train.list_variables(train_dir)}
   assert 'capsules_v0/class_caps/transforms' in names
+  assert 'decoder/input_statistics/variance' in names
   assert not any('replica' in name for name in names)
 
 
@@ -235,15 +244,18 @@ def _needs_mnist():
 
 def test_two_workers_train_together_and_resume(tmp_path):
   """Both workers log the same losses; the chief alone writes checkpoints
-  and starts.jsonl; both resume from the shared directory."""
+  and starts.jsonl; both resume from the shared directory. (With the
+  standardising decoder: its statistics are all-reduced across workers.)"""
   _needs_mnist()
   train_dir = str(tmp_path / 'run')
-  outputs, codes = _finish(_start_workers(train_dir, '--max_steps=4'))
+  outputs, codes = _finish(_start_workers(train_dir, '--max_steps=4',
+                                          *DECODER))
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert _losses(outputs[0]) == _losses(outputs[1]) != {}
   assert 'worker 1 of 2' in outputs[1]
   assert tf.train.latest_checkpoint(train_dir).endswith('-4')
-  outputs, codes = _finish(_start_workers(train_dir, '--max_steps=6'))
+  outputs, codes = _finish(_start_workers(train_dir, '--max_steps=6',
+                                          *DECODER))
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert 'from step 4 to 6' in outputs[1]
   assert tf.train.latest_checkpoint(train_dir).endswith('-6')

@@ -135,6 +135,24 @@ def test_evaluate_once_routing_more_iterations_than_trained(run, data_dir):
           '1') in result.stderr
 
 
+def test_the_loop_evaluates_again_what_it_routed_otherwise(run, data_dir,
+                                                          tmp_path):
+  """Restarted on one --eval_dir, the loop skips the checkpoints it has
+  evaluated, but evaluates them again with --iterations=2."""
+  path = tmp_path / 'eval' / 'results.jsonl'
+  args = ('tests.py', '--train_dir=' + run[0], '--data_dir=' + data_dir,
+          '--gpu=0', '--timeout_secs=1', '--min_interval_secs=1',
+          '--batch_size=2000', '--eval_dir=' + str(path.parent))
+  _succeeded(_run(*args))
+  steps = [record['step'] for record in _lines(str(path))]
+  assert 7 in steps
+  _succeeded(_run(*args))
+  assert len(_lines(str(path))) == len(steps)
+  _succeeded(_run(*args, '--iterations=2'))
+  assert [(r['step'], r['iterations']) for r in _lines(str(path))] == (
+      [(step, 1) for step in steps] + [(step, 2) for step in steps])
+
+
 def test_evaluate_once_on_the_training_set(run, data_dir):
   result, records = _evaluate_once(run, data_dir, 'eval_train',
                                    '--batch_size=2000', '--test_set=train')

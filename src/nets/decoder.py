@@ -51,24 +51,32 @@ def _dense(inputs, units, activation_fn, name):
     return activation_fn(outputs) if activation_fn else outputs
 
 
-# Every replica computes the same update (from the global batch's moments),
-# so a mirrored estimate takes the first replica's.
+# Every replica computes the same update (from the global batch's moments);
+# a mirrored estimate is set to the first replica's, on every device.
 _SAME_ON_EVERY_REPLICA = tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 
 def _batch_moments(entries):
   """Mean and variance [16] of the entries [n, 16] over the global batch:
   this replica's n rows and, under a strategy with several replicas, every
-  other replica's (two all-reduces: the mean, then the squared deviations
-  from it)."""
+  other replica's (two all-reduces: the sums and the count, then the squared
+  deviations from the global mean).
+
+  No gradient flows through the result. The stop is needed as well as
+  meant: ReplicaContext.all_reduce's custom gradient, built with the graph,
+  would otherwise follow the inputs of every replica back to variables it
+  cannot take (notes/distribution.md).
+  """
+  entries = tf.stop_gradient(entries)
   context = tf.distribute.get_replica_context()
   if context is None or context.num_replicas_in_sync == 1:
     return tf.nn.moments(entries, [0])
   total = functools.partial(context.all_reduce, tf.distribute.ReduceOp.SUM)
-  count = total(tf.cast(tf.shape(entries)[0], entries.dtype))
-  mean = total(tf.reduce_sum(entries, 0)) / count
+  count = tf.cast(tf.shape(entries)[:1], entries.dtype)  # [1]
+  sums = total(tf.concat([tf.reduce_sum(entries, 0), count], 0))  # [17]
+  mean = sums[:-1] / sums[-1]
   variance = total(tf.reduce_sum(tf.math.squared_difference(entries, mean),
-                                 0)) / count
+                                 0)) / sums[-1]
   return mean, variance
 
 
@@ -84,7 +92,7 @@ def _standardized(entries, update_statistics):
         'variance', [16], tf.float32, tf.compat.v1.ones_initializer(),
         trainable=False, aggregation=_SAME_ON_EVERY_REPLICA)
   if update_statistics:
-    batch_mean, batch_variance = _batch_moments(tf.stop_gradient(entries))
+    batch_mean, batch_variance = _batch_moments(entries)
     mean = mean.assign(STATISTICS_DECAY * mean +
                        (1.0 - STATISTICS_DECAY) * batch_mean)
     variance = variance.assign(STATISTICS_DECAY * variance +
@@ -92,17 +100,18 @@ def _standardized(entries, update_statistics):
   return (entries - mean) * tf.math.rsqrt(variance + VARIANCE_EPSILON)
 
 
-def chosen_poses(poses, classes):
+def chosen_poses(poses, classes, name='chosen_poses'):
   """The 16 pose entries of the capsule of `classes` in each example.
 
   Args:
     poses: class capsule poses [N, J, 4, 4].
     classes: int [N].
+    name: the caller, for shape errors.
 
   Returns:
     [N, 16], row-major.
   """
-  num_classes = shapes.static_size(poses, 1, 'chosen_poses')
+  num_classes = shapes.static_size(poses, 1, name)
   return tf.gather(tf.reshape(poses, [-1, num_classes, 16]), classes,
                    batch_dims=1)
 
@@ -127,7 +136,7 @@ def reconstruct(poses, classes, image_shape, *, standardize_input=False,
   """
   num_classes = shapes.static_size(poses, 1, name)
   image_shape = shapes.as_ints(image_shape, 'image_shape')
-  chosen = chosen_poses(poses, classes)  # [N, 16]
+  chosen = chosen_poses(poses, classes, name)  # [N, 16]
   with tf.compat.v1.variable_scope(name):
     if standardize_input:
       chosen = _standardized(chosen, update_statistics)
