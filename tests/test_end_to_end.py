@@ -135,24 +135,6 @@ def test_evaluate_once_routing_more_iterations_than_trained(run, data_dir):
           '1') in result.stderr
 
 
-def test_the_loop_evaluates_again_what_it_routed_otherwise(run, data_dir,
-                                                          tmp_path):
-  """Restarted on one --eval_dir, the loop skips the checkpoints it has
-  evaluated, but evaluates them again with --iterations=2."""
-  path = tmp_path / 'eval' / 'results.jsonl'
-  args = ('tests.py', '--train_dir=' + run[0], '--data_dir=' + data_dir,
-          '--gpu=0', '--timeout_secs=1', '--min_interval_secs=1',
-          '--batch_size=2000', '--eval_dir=' + str(path.parent))
-  _succeeded(_run(*args))
-  steps = [record['step'] for record in _lines(str(path))]
-  assert 7 in steps
-  _succeeded(_run(*args))
-  assert len(_lines(str(path))) == len(steps)
-  _succeeded(_run(*args, '--iterations=2'))
-  assert [(r['step'], r['iterations']) for r in _lines(str(path))] == (
-      [(step, 1) for step in steps] + [(step, 2) for step in steps])
-
-
 def test_evaluate_once_on_the_training_set(run, data_dir):
   result, records = _evaluate_once(run, data_dir, 'eval_train',
                                    '--batch_size=2000', '--test_set=train')
@@ -421,7 +403,8 @@ def test_evaluate_with_corrupt_data_fails(run, data_dir, tmp_path):
 def test_follow_evaluates_every_kept_checkpoint_then_times_out(run, data_dir,
                                                                 tmp_path):
   """Without --once the loop catches up on the checkpoints already kept,
-  oldest first, then stops after --timeout_secs with no new one."""
+  oldest first, then stops after --timeout_secs with no new one; restarted,
+  it skips them unless it routes another number of iterations."""
   eval_dir = tmp_path / 'eval'
   args = ['--train_dir=' + run[0], '--data_dir=' + data_dir,
           '--eval_dir=' + str(eval_dir), '--gpu=0', '--xla=false',
@@ -437,3 +420,8 @@ def test_follow_evaluates_every_kept_checkpoint_then_times_out(run, data_dir,
   again = _succeeded(_run('tests.py', *args))
   assert len(_lines(eval_dir / 'results.jsonl')) == len(kept)
   assert 'already evaluated' in again.stderr
+  # Routed otherwise, the same checkpoints are not "already evaluated".
+  _succeeded(_run('tests.py', '--iterations=2', *args))
+  assert [(r['step'], r['iterations']) for r in _lines(
+      eval_dir / 'results.jsonl')] == ([(step, 1) for step in kept] +
+                                       [(step, 2) for step in kept])
