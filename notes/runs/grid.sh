@@ -12,6 +12,8 @@
 # another seed (a run's further flags come after --seed=1 and override it).
 # default_i3_var1e-1_positions_warmup_augment_decay095 trains the best
 # 3-iteration recipe the way of goal (d), to the same 40,000 steps (goal a).
+# identity_i3_var1e-1_positions_warmup is that recipe with the identity
+# initialisation, the best at 1 iteration (identity_i1).
 # Each run trains alone on both cores, then tests.py evaluates every kept
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
@@ -67,6 +69,7 @@ default_i1_var1e-1_augment default 1 10000 --min_variance=1e-1 --augment
 default_augment_long default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.9 --learning_rate_decay_steps=1000
 default_augment_decay095 default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
 default_augment_decay095_seed2 default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000 --seed=2
+identity_i3_var1e-1_positions_warmup identity 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000
 default_i3_var1e-1_positions_warmup_augment_decay095 default 3 40000 --keep_checkpoint_max=41 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
