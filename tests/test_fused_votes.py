@@ -604,6 +604,44 @@ def test_cache_compiles_once_then_loads(kernels, tmp_path):
   assert cached.stat().st_mtime_ns == mtime
 
 
+_FALLBACK_SCRIPT = """
+    import json, os
+    from nets import fused_votes
+    fused_votes.TARGETS = tuple(
+        tuple(t.split()) for t in os.environ['TARGETS'].split(','))
+    library = fused_votes.library()
+    print(json.dumps(dict(loaded=library is not None,
+                          files=sorted(os.listdir(
+                              os.environ[fused_votes.CACHE_ENV])))))
+    """
+
+
+def test_compile_falls_back_to_the_next_target(kernels, tmp_path):
+  """A target the compiler rejects (as GCC 12 rejects TensorFlow's Eigen
+  headers with -march=native on CPUs with AVX512-FP16) is passed over for
+  the next; when every target fails, library() is None and the warning
+  names each target's error, and no file remains in the cache."""
+  del kernels
+  env = {fused_votes.CACHE_ENV: str(tmp_path),
+         'TARGETS': '-fno-such-option-capsules,'}
+  result = _run_python(_FALLBACK_SCRIPT, env)
+  report = _last_json(result)
+  assert report['loaded'], result.stderr[-3000:]
+  assert len(report['files']) == 1 and report['files'][0].endswith('.so')
+  assert 'with the generic target' in result.stderr
+
+  failing = tmp_path / 'failing'
+  failing.mkdir()
+  env = {fused_votes.CACHE_ENV: str(failing),
+         'TARGETS': '-fno-such-option-one,-fno-such-option-two'}
+  result = _run_python(_FALLBACK_SCRIPT, env)
+  report = _last_json(result)
+  assert not report['loaded'] and report['files'] == []
+  assert 'Fused vote kernels unavailable' in result.stderr
+  assert '-fno-such-option-one' in result.stderr
+  assert '-fno-such-option-two' in result.stderr
+
+
 def test_corrupt_cached_library_is_rebuilt(kernels, tmp_path, monkeypatch):
   """Garbage at the cached library's path: library() logs a warning,
   removes the file and compiles it again, without a traceback, so that the

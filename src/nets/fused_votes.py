@@ -12,7 +12,9 @@ and transforms where it is consumed, in the forward pass and in the gradient:
   capsule_vote_quadratic_form(M, W, mu, s)  -> sum_h s_j^h (V_ij^h - mu_j^h)^2
 
 The library is compiled on first use with the C++ compiler and TensorFlow's
-own flags (`tf.sysconfig`), for this CPU (`-march=native`), and cached under
+own flags (`tf.sysconfig`), for this CPU (`-march=native`; where that fails,
+as TensorFlow 2.21's Eigen headers do under GCC 12 on CPUs with AVX512-FP16,
+without AVX512-FP16, then for the generic target), and cached under
 $CAPSULES_EM_KERNEL_CACHE or ~/.cache/capsulesEM, keyed by the source, the
 TensorFlow version, the compiler and the CPU. Without a compiler, or on a
 machine with a GPU (the kernels are CPU-only), `available()` is False and the
@@ -36,8 +38,10 @@ from nets import votes as votes_lib
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kernels',
                       'fused_votes.cc')
 CACHE_ENV = 'CAPSULES_EM_KERNEL_CACHE'
-_OPTIMISATION = ['-O3', '-march=native', '-ffp-contract=fast',
-                 '-fno-math-errno']
+_OPTIMISATION = ['-O3', '-ffp-contract=fast', '-fno-math-errno']
+# Tried in order until one compiles. The kernels use float32 only, so AVX-512
+# half precision, whose Eigen header GCC 12 rejects, costs them nothing.
+TARGETS = (('-march=native',), ('-march=native', '-mno-avx512fp16'), ())
 
 
 def _compiler():
@@ -54,10 +58,10 @@ def _cpu_signature():
     return platform.processor() or platform.machine()
 
 
-def _command(compiler, output):
-  return ([compiler] + _OPTIMISATION + ['-shared', '-fPIC', '-w'] +
-          tf.sysconfig.get_compile_flags() + [SOURCE, '-o', output] +
-          tf.sysconfig.get_link_flags())
+def _command(compiler, output, target):
+  return ([compiler] + _OPTIMISATION + list(target) +
+          ['-shared', '-fPIC', '-w'] + tf.sysconfig.get_compile_flags() +
+          [SOURCE, '-o', output] + tf.sysconfig.get_link_flags())
 
 
 def _library_path(compiler):
@@ -66,8 +70,8 @@ def _library_path(compiler):
     key = hashlib.sha256(f.read())
   version = subprocess.run([compiler, '--version'], capture_output=True,
                            text=True, check=False).stdout
-  for part in (tf.__version__, version, ' '.join(_command(compiler, '')),
-               _cpu_signature()):
+  commands = [' '.join(_command(compiler, '', t)) for t in TARGETS]
+  for part in [tf.__version__, version, _cpu_signature()] + commands:
     key.update(part.encode())
   cache = os.environ.get(CACHE_ENV) or os.path.join(
       os.path.expanduser('~'), '.cache', 'capsulesEM')
@@ -75,17 +79,29 @@ def _library_path(compiler):
 
 
 def _compile(compiler, path):
-  """Compiles SOURCE to `path` through a temporary file, then renames it."""
+  """Compiles SOURCE to `path` for the first of TARGETS that compiles.
+
+  The library is written to a temporary file, then renamed.
+  """
   os.makedirs(os.path.dirname(path), exist_ok=True)
   descriptor, temporary = tempfile.mkstemp(
       suffix='.so', dir=os.path.dirname(path))
   os.close(descriptor)
+  errors = []
   try:
-    result = subprocess.run(_command(compiler, temporary), capture_output=True,
-                            text=True, check=False)
-    if result.returncode != 0 or not os.path.getsize(temporary):
-      raise RuntimeError(result.stderr.strip()[-2000:])
-    os.replace(temporary, path)
+    for target in TARGETS:
+      result = subprocess.run(_command(compiler, temporary, target),
+                              capture_output=True, text=True, check=False)
+      if result.returncode == 0 and os.path.getsize(temporary):
+        if errors:
+          logging.warning('Compiled the fused vote kernels with %s, after:'
+                          '\n%s', ' '.join(target) or 'the generic target',
+                          '\n'.join(errors))
+        os.replace(temporary, path)
+        return
+      errors.append('%s: %s' % (' '.join(target) or 'generic',
+                                result.stderr.strip()[-1000:]))
+    raise RuntimeError('\n'.join(errors))
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)
