@@ -18,7 +18,9 @@
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
 # one resumes from its last checkpoint, so the script can be restarted in a
-# later sitting.
+# later sitting. A new checkout has no runs/: `bash notes/runs/grid/park.sh
+# RUN` keeps an unfinished run's last checkpoint in notes/runs/grid/RUN/resume/,
+# from which this script restores runs/grid_RUN (and its logged progress).
 #
 # Usage: bash notes/runs/grid.sh [RUN ...]   (default: every run, in order)
 #        SCREEN_STEPS=1000 bash notes/runs/grid.sh RUN ...   trains (or
@@ -79,6 +81,13 @@ echo "$RUNS" | while read -r name recipe iterations steps extra; do
   dir=runs/grid_$name
   if grep -qs "\"step\": $steps," "$dir/eval_test/results.jsonl"; then
     echo "$(date -u +%FT%TZ) $dir done; skipping"; continue
+  fi
+  parked=notes/runs/grid/$name/resume
+  if [ ! -e "$dir/checkpoint" ] && [ -e "$parked/checkpoint" ]; then
+    echo "$(date -u +%FT%TZ) restoring $dir from $parked"
+    mkdir -p "$dir" && cp -r "$parked/." "$dir/"
+    [ -e "$dir.train.log" ] || cp "notes/runs/grid/$name/train_progress.txt" \
+        "$dir.train.log" 2>/dev/null
   fi
   echo "$(date -u +%FT%TZ) training $dir"
   # shellcheck disable=SC2086
