@@ -64,6 +64,10 @@ def _command(compiler, output, target):
           [SOURCE, '-o', output] + tf.sysconfig.get_link_flags())
 
 
+def _target_name(target):
+  return ' '.join(target) or 'the generic target'
+
+
 def _library_path(compiler):
   """The cached library's path: a hash of everything its binary depends on."""
   with open(SOURCE, 'rb') as f:
@@ -95,11 +99,10 @@ def _compile(compiler, path):
       if result.returncode == 0 and os.path.getsize(temporary):
         if errors:
           logging.warning('Compiled the fused vote kernels with %s, after:'
-                          '\n%s', ' '.join(target) or 'the generic target',
-                          '\n'.join(errors))
+                          '\n%s', _target_name(target), '\n'.join(errors))
         os.replace(temporary, path)
         return
-      errors.append('%s: %s' % (' '.join(target) or 'generic',
+      errors.append('%s: %s' % (_target_name(target),
                                 result.stderr.strip()[-1000:]))
     raise RuntimeError('\n'.join(errors))
   finally:
