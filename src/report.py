@@ -10,7 +10,9 @@ Reads <train_dir>/starts.jsonl (written by train.py) and
 Wall-clock times are measured from the first start of train.py: "trained" is
 when the checkpoint was written, "known" when tests.py finished evaluating
 it. Prints, for each run, the curve and the first checkpoint that reaches
---target. --plot also draws every run's test accuracy against step and
+--target; of several runs, also their accuracies side by side, step by
+step, and each run's mean over the last --mean_last steps they all share
+(the tables of notes/results.md). --plot also draws every run's test accuracy against step and
 against training time, in two panels of one figure (PNG, PDF or SVG, after
 the file's extension); --plot_min_accuracy=0.98 zooms its accuracy axis.
 """
@@ -33,6 +35,9 @@ flags.DEFINE_string('eval_dir', None, 'Default <train_dir>/eval_test, else '
 flags.DEFINE_float('target', 0.99, 'Accuracy whose first arrival to report.')
 flags.DEFINE_string('plot', None, 'Also draw the curves of every run into '
                     'this image file (.png, .pdf or .svg).')
+flags.DEFINE_integer('mean_last', 3, 'Of several runs: average each run\'s '
+                     'accuracy over the last this many steps that every '
+                     'run has evaluated.', lower_bound=1)
 flags.DEFINE_float('plot_min_accuracy', None, 'Bottom of the plot\'s '
                    'accuracy axis, in [0, 1), to tell curves apart near '
                    'their plateau (e.g. 0.98); default: the whole range.')
@@ -149,6 +154,32 @@ def summary(run, target):
   return '\n'.join(lines)
 
 
+def _percent(accuracy):
+  return f'{100 * accuracy:.2f}%'
+
+
+def side_by_side(runs, mean_last):
+  """Markdown: the runs' test accuracies by step, one column per run, and
+  a last row with each run's mean over the last `mean_last` steps that
+  every run has (all of them if fewer); a sentence instead when they share
+  none."""
+  by_step = [{r['step']: r['accuracy'] for r in run.records} for run in runs]
+  steps = sorted(set().union(*by_step))
+  rows = ['| step | ' + ' | '.join(run.name for run in runs) + ' |',
+          '|---:|' + '---:|' * len(runs)]
+  for step in steps:
+    cells = [_percent(a[step]) if step in a else '' for a in by_step]
+    rows.append(f'| {step} | ' + ' | '.join(cells) + ' |')
+  shared = sorted(set.intersection(*(set(a) for a in by_step)))[-mean_last:]
+  if not shared:
+    return '\n'.join(rows) + '\n\nThe runs share no evaluated step.'
+  label = (f'mean of step {shared[0]}' if len(shared) == 1 else
+           f'mean of steps {shared[0]}-{shared[-1]} ({len(shared)})')
+  means = [_percent(sum(a[s] for s in shared) / len(shared)) for a in by_step]
+  rows.append(f'| {label} | ' + ' | '.join(means) + ' |')
+  return '\n'.join(rows)
+
+
 def curve(run):
   """(steps, minutes trained, accuracies) of a run, by step."""
   start = run.starts[0]['time']
@@ -220,6 +251,9 @@ def main(argv):
     if len(runs) > 1:
       print(('\n' if k else '') + f'## {run.name} ({run.train_dir})\n')
     print(summary(run, FLAGS.target))
+  if len(runs) > 1:
+    print('\n## side by side\n')
+    print(side_by_side(runs, FLAGS.mean_last))
   if FLAGS.plot:
     try:
       figure = draw(runs, FLAGS.target, FLAGS.plot_min_accuracy)

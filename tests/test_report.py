@@ -97,6 +97,44 @@ def test_several_runs_print_a_table_each(runs):
   assert '0.9900 not reached.' in output  # the slow run
 
 
+def test_several_runs_side_by_side_with_their_means(runs):
+  output = _succeeded(_report('--train_dir', runs[0], '--train_dir',
+                              runs[1], '--mean_last=2'))
+  table = output.split('\n## side by side\n\n', 1)[1]
+  assert table.splitlines() == [
+      '| step | fast | slow |', '|---:|---:|---:|',
+      '| 0 | 10.00% | 11.00% |', '| 1000 | 95.00% | 90.00% |',
+      '| 2000 | 99.10% | 97.00% |',
+      '| mean of steps 1000-2000 (2) | 97.05% | 93.50% |']
+
+
+def test_side_by_side_averages_only_the_steps_all_runs_share(tmp_path):
+  longer = _fake_run(tmp_path / 'longer', [
+      _result(1000, 0.5, 1), _result(2000, 0.7, 2), _result(3000, 0.9, 3)])
+  shorter = _fake_run(tmp_path / 'shorter', [
+      _result(1000, 0.4, 1), _result(2000, 0.6, 2)])
+  disjoint = _fake_run(tmp_path / 'disjoint', [_result(500, 0.3, 1)])
+  output = _succeeded(_report('--train_dir', longer, '--train_dir', shorter))
+  assert '| 3000 | 90.00% |  |' in output
+  assert '| mean of steps 1000-2000 (2) | 60.00% | 50.00% |' in output
+  output = _succeeded(_report('--train_dir', longer, '--train_dir', shorter,
+                              '--mean_last=1'))
+  assert '| mean of step 2000 | 70.00% | 60.00% |' in output
+  output = _succeeded(_report('--train_dir', longer, '--train_dir', disjoint))
+  assert 'The runs share no evaluated step.' in output
+  assert '| mean of' not in output
+
+
+def test_one_run_has_no_side_by_side_table(runs):
+  output = _succeeded(_report('--train_dir', runs[0]))
+  assert 'side by side' not in output
+
+
+def test_bad_mean_last_fails_clearly(runs):
+  _failed(_report('--train_dir', runs[0], '--train_dir', runs[1],
+                  '--mean_last=0'), 'mean_last')
+
+
 def test_runs_of_the_same_name_are_told_apart_by_path(tmp_path):
   first = _fake_run(tmp_path / 'a' / 'train', [_result(0, 0.1, 0)])
   second = _fake_run(tmp_path / 'b' / 'train', [_result(0, 0.2, 0)])

@@ -16,7 +16,9 @@
 # initialisation, the best at 1 iteration (identity_i1).
 # identity_i3_var1e-2_positions_warmup lowers the floor for the identity
 # initialisation's larger poses (at 0.1 it binds for 94% of the class
-# capsules' variances).
+# capsules' variances). identity_i1_seed2 and
+# identity_i3_var1e-2_positions_warmup_seed2 repeat the two arms of goal (a)
+# with a second seed.
 # Each run trains alone on both cores, then tests.py evaluates every kept
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
@@ -76,6 +78,8 @@ default_augment_decay095 default 1 30000 --keep_checkpoint_max=31 --augment --le
 default_augment_decay095_seed2 default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000 --seed=2
 identity_i3_var1e-1_positions_warmup identity 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000
 identity_i3_var1e-2_positions_warmup identity 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000
+identity_i1_seed2 identity 1 5000 --seed=2
+identity_i3_var1e-2_positions_warmup_seed2 identity 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --seed=2
 default_i3_var1e-1_positions_warmup_augment_decay095 default 3 40000 --keep_checkpoint_max=41 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
