@@ -12,9 +12,10 @@ when the checkpoint was written, "known" when tests.py finished evaluating
 it. Prints, for each run, the curve and the first checkpoint that reaches
 --target; of several runs, also their accuracies side by side, step by
 step, and each run's mean over the last --mean_last steps they all share
-(the tables of notes/results.md). --plot also draws every run's test accuracy against step and
-against training time, in two panels of one figure (PNG, PDF or SVG, after
-the file's extension); --plot_min_accuracy=0.98 zooms its accuracy axis.
+(the tables of notes/results.md). --plot also draws every run's test
+accuracy against step and against training time, in two panels of one
+figure (PNG, PDF or SVG, after the file's extension);
+--plot_min_accuracy=0.98 zooms its accuracy axis.
 """
 
 import collections
