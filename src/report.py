@@ -122,7 +122,7 @@ def curve_table(records, start):
     trained = (_minutes(r['checkpoint_time'] - start)
                if r.get('checkpoint_time') else '')
     rows.append(f"| {r['step']} | {trained} | {_minutes(r['time'] - start)} "
-                f"| {r['accuracy']:.4f} | {100 * (1 - r['accuracy']):.2f}% | "
+                f"| {r['accuracy']:.4f} | {_percent(1 - r['accuracy'])} | "
                 f"{r['images_evaluated']} |")
   return '\n'.join(rows)
 
