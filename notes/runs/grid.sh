@@ -18,7 +18,7 @@
 # initialisation's larger poses (at 0.1 it binds for 94% of the class
 # capsules' variances). identity_i1_seed2 and
 # identity_i3_var1e-2_positions_warmup_seed2 repeat the two arms of goal (a)
-# with a second seed.
+# with a second seed, and the _seed3 runs with a third.
 # Each run trains alone on both cores, then tests.py evaluates every kept
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
@@ -80,6 +80,8 @@ identity_i3_var1e-1_positions_warmup identity 3 5000 --min_variance=1e-1 --e_ste
 identity_i3_var1e-2_positions_warmup identity 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000
 identity_i1_seed2 identity 1 5000 --seed=2
 identity_i3_var1e-2_positions_warmup_seed2 identity 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --seed=2
+identity_i3_var1e-2_positions_warmup_seed3 identity 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --seed=3
+identity_i1_seed3 identity 1 5000 --seed=3
 default_i3_var1e-1_positions_warmup_augment_decay095 default 3 40000 --keep_checkpoint_max=41 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
