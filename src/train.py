@@ -2,14 +2,17 @@
 
   python src/train.py --train_dir=runs/mnist
 
-Resumes from the latest checkpoint in --train_dir. Run src/tests.py in a
+Resumes from the latest checkpoint in --train_dir. Ctrl-C (SIGINT) or
+SIGTERM stops after the current step and saves it. Run src/tests.py in a
 second terminal to follow the checkpoints on the test set.
 """
 
 import dataclasses
 import json
+import contextlib
 import math
 import os
+import signal
 import sys
 import time
 
@@ -387,14 +390,44 @@ def _hooks(step, deployment, saver):
   return hooks
 
 
+@contextlib.contextmanager
+def _stop_requests():
+  """Within it, SIGINT (Ctrl-C) or SIGTERM asks the training loop to stop
+  after the current step; yields the list that receives the signal's
+  number. A second signal acts at once, as without this handler."""
+  received = []
+  defaults = {signum: signal.getsignal(signum)
+              for signum in (signal.SIGINT, signal.SIGTERM)}
+
+  def request(signum, frame):
+    del frame
+    received.append(signum)
+    for other, handler in defaults.items():
+      signal.signal(other, handler)
+    logging.warning('%s: stopping after this step and saving a checkpoint '
+                    '(send it again to stop at once, losing the steps since '
+                    'the last checkpoint).', signal.Signals(signum).name)
+
+  for signum in defaults:
+    signal.signal(signum, request)
+  try:
+    yield received
+  finally:
+    for signum, handler in defaults.items():
+      signal.signal(signum, handler)
+
+
 def _train_steps(session, step, start, deployment):
-  """Runs training steps from `start` until the hooks stop the session."""
+  """Runs training steps from `start` until the hooks stop the session or
+  a signal asks to stop; returns that signal's number, or None."""
   logging.info('Training from step %d to %d in %s on %s.', start,
                FLAGS.max_steps, FLAGS.train_dir, deployment.describe())
   if deployment.is_chief:
     _record_start(start)
-  while not session.should_stop():
-    session.run(step.outputs['train_op'])
+  with _stop_requests() as received:
+    while not session.should_stop() and not received:
+      session.run(step.outputs['train_op'])
+  return received[0] if received else None
 
 
 def train(config, dataset, deployment, session_config):
@@ -429,13 +462,18 @@ def train(config, dataset, deployment, session_config):
         stop_grace_period_secs=5, config=session_config) as session:
       start = session.run_step_fn(
           lambda step_context: step_context.session.run(step.global_step))
+      stopped_by = None
       if start >= FLAGS.max_steps:
         logging.info('%s is at step %d already, --max_steps=%d: nothing to '
                      'train.', FLAGS.train_dir, start, FLAGS.max_steps)
       else:
-        _train_steps(session, step, start, deployment)
+        stopped_by = _train_steps(session, step, start, deployment)
+      last = session.run_step_fn(
+          lambda step_context: step_context.session.run(step.global_step))
+    # Leaving the session ran the hooks' end: the chief saved step `last`.
   if watchdog:
     watchdog.stop()
+  return stopped_by, last
 
 
 def main(argv):
@@ -456,13 +494,20 @@ def main(argv):
     config.save(FLAGS.train_dir)
   logging.info('Model: %s', config)
   try:
-    train(config, dataset, deployment, session_config)
+    stopped_by, last = train(config, dataset, deployment, session_config)
   except NonFiniteLossError as e:
     logging.error('Stopped: %s', e)
     raise SystemExit(1) from e
   except datasets.download.DataError as e:
     logging.error('%s', e)
     raise SystemExit(2) from e
+  if stopped_by is not None:
+    logging.warning('Stopped by %s at step %d; %s. The same command '
+                    'resumes from there.', signal.Signals(stopped_by).name,
+                    last, f'its checkpoint is in {FLAGS.train_dir}'
+                    if deployment.is_chief else 'the chief keeps the '
+                    'checkpoints')
+    raise SystemExit(128 + stopped_by)
   logging.info('Reached step %d; checkpoints in %s.', FLAGS.max_steps,
                FLAGS.train_dir)
 

@@ -5,7 +5,9 @@
 # starts.jsonl and the evaluations so far to notes/runs/grid/<run>/resume/,
 # through a temporary directory that is checked to load before it replaces
 # the previous copy. grid.sh restores runs/grid_<run> from there when the
-# run directory does not exist.
+# run directory does not exist. Stop the training first with SIGTERM (`kill
+# PID` of its train.py): it saves the step it is at, and grid.sh, seeing
+# train.py fail, skips the run's evaluation.
 #
 # Usage: bash notes/runs/grid/park.sh RUN ...
 set -eu
