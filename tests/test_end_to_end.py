@@ -382,18 +382,9 @@ def test_follow_started_before_train_evaluates_the_run(data_dir, tmp_path):
 
 
 
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT],
-                         ids=['SIGTERM', 'SIGINT'])
-def test_a_signal_stops_training_with_a_checkpoint_that_resumes(
-    signum, data_dir, tmp_path):
-  """SIGTERM, or Ctrl-C's SIGINT, stops train.py after the current step:
-  it saves that step though the next checkpoint is 1,000 steps away, says
-  so, and exits with 128 + the signal; the same command resumes there."""
-  train_dir = tmp_path / 'train'
-  log = tmp_path / 'train.log'
-  args = ['--train_dir=' + str(train_dir), '--data_dir=' + data_dir,
-          '--A=4', '--B=3', '--C=3', '--D=3', '--batch_size=4', '--gpu=0',
-          '--log_every_n_steps=1', '--save_checkpoint_steps=1000']
+def _train_until_signal(args, log, signum, first_step):
+  """Starts train.py, sends `signum` once it has logged `first_step` + 3;
+  returns its log."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   with open(log, 'w') as stderr:
     trainer = subprocess.Popen(
@@ -401,23 +392,39 @@ def test_a_signal_stops_training_with_a_checkpoint_that_resumes(
          '--max_steps=100000', *args],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
   try:
-    assert _wait_for_text(log, 'step 3 ', 120), log.read_text()[-3000:]
+    assert _wait_for_text(log, f'step {first_step + 3} ', 120), (
+        log.read_text()[-3000:])
     trainer.send_signal(signum)
     assert trainer.wait(timeout=60) == 128 + signum, log.read_text()[-3000:]
   finally:
     if trainer.poll() is None:
       trainer.kill()
       trainer.wait()
-  output = log.read_text()
-  assert 'Traceback' not in output, output[-3000:]
-  stopped = re.search(r'Stopped by (\w+) at step (\d+)', output)
-  assert stopped, output[-3000:]
-  assert stopped.group(1) == signal.Signals(signum).name
-  last = int(stopped.group(2))
-  assert last >= 3
-  assert tf.train.latest_checkpoint(str(train_dir)).endswith(f'-{last}')
-  resumed = _succeeded(_run('train.py', f'--max_steps={last + 1}', *args))
-  assert f'Training from step {last} to {last + 1}' in resumed.stderr
+  return log.read_text()
+
+
+def test_a_signal_stops_training_with_a_checkpoint_that_resumes(data_dir,
+                                                               tmp_path):
+  """SIGTERM, then Ctrl-C's SIGINT on the resumed run: each stops train.py
+  after the current step, which it saves though the next checkpoint is
+  1,000 steps away, says so and exits with 128 + the signal; the same
+  command resumes there."""
+  train_dir = tmp_path / 'train'
+  args = ['--train_dir=' + str(train_dir), '--data_dir=' + data_dir,
+          '--A=4', '--B=3', '--C=3', '--D=3', '--batch_size=4', '--gpu=0',
+          '--log_every_n_steps=1', '--save_checkpoint_steps=1000']
+  last = 0
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    output = _train_until_signal(args, tmp_path / f'{signum}.log', signum,
+                                 last)
+    assert f'Training from step {last} to 100000' in output, output[-3000:]
+    assert 'Traceback' not in output, output[-3000:]
+    stopped = re.search(r'Stopped by (\w+) at step (\d+)', output)
+    assert stopped, output[-3000:]
+    assert stopped.group(1) == signal.Signals(signum).name
+    assert int(stopped.group(2)) >= last + 3
+    last = int(stopped.group(2))
+    assert tf.train.latest_checkpoint(str(train_dir)).endswith(f'-{last}')
 
 def test_evaluate_with_corrupt_data_fails(run, data_dir, tmp_path):
   """A truncated test-labels file is named, and nothing is downloaded."""
