@@ -7,9 +7,9 @@ SIGTERM stops after the current step and saves it. Run src/tests.py in a
 second terminal to follow the checkpoints on the test set.
 """
 
+import contextlib
 import dataclasses
 import json
-import contextlib
 import math
 import os
 import signal
@@ -431,7 +431,12 @@ def _train_steps(session, step, start, deployment):
 
 
 def train(config, dataset, deployment, session_config):
-  """Runs the training loop until --max_steps."""
+  """Runs the training loop until --max_steps or a stopping signal.
+
+  Returns:
+    (the signal's number or None, the global step it ended at; the chief
+    saved a checkpoint there).
+  """
   strategy = deployment_lib.make_strategy(deployment)
   master, session_config = deployment_lib.start_server(
       deployment, strategy, session_config)
