@@ -430,6 +430,12 @@ def _train_steps(session, step, start, deployment):
   return received[0] if received else None
 
 
+def _global_step(session, step):
+  """The global step, read without running the hooks."""
+  return session.run_step_fn(
+      lambda step_context: step_context.session.run(step.global_step))
+
+
 def train(config, dataset, deployment, session_config):
   """Runs the training loop until --max_steps or a stopping signal.
 
@@ -465,16 +471,14 @@ def train(config, dataset, deployment, session_config):
                               if deployment.is_chief else None),
         save_summaries_secs=None, log_step_count_steps=0,
         stop_grace_period_secs=5, config=session_config) as session:
-      start = session.run_step_fn(
-          lambda step_context: step_context.session.run(step.global_step))
+      start = _global_step(session, step)
       stopped_by = None
       if start >= FLAGS.max_steps:
         logging.info('%s is at step %d already, --max_steps=%d: nothing to '
                      'train.', FLAGS.train_dir, start, FLAGS.max_steps)
       else:
         stopped_by = _train_steps(session, step, start, deployment)
-      last = session.run_step_fn(
-          lambda step_context: step_context.session.run(step.global_step))
+      last = _global_step(session, step)
     # Leaving the session ran the hooks' end: the chief saved step `last`.
   if watchdog:
     watchdog.stop()

@@ -381,7 +381,6 @@ def test_follow_started_before_train_evaluates_the_run(data_dir, tmp_path):
   assert all(r['images_evaluated'] == 10000 for r in records)
 
 
-
 def _train_until_signal(args, log, signum, first_step):
   """Starts train.py, sends `signum` once it has logged `first_step` + 3;
   returns its log."""
@@ -425,6 +424,7 @@ def test_a_signal_stops_training_with_a_checkpoint_that_resumes(data_dir,
     assert int(stopped.group(2)) >= last + 3
     last = int(stopped.group(2))
     assert tf.train.latest_checkpoint(str(train_dir)).endswith(f'-{last}')
+
 
 def test_evaluate_with_corrupt_data_fails(run, data_dir, tmp_path):
   """A truncated test-labels file is named, and nothing is downloaded."""
