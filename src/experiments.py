@@ -4,9 +4,9 @@
 R<r>I<i> follows the reference's plan: r = 1 adds the reconstruction loss,
 i is the number of EM routing iterations.
 
-The recipes `authors`, `ibm` and `identity` are the routing research's
-(notes/recipes.md, sources in notes/recipes_sources.md); every choice in
-them is a flag of its own, so any one can be switched back.
+The recipes `authors`, `ibm`, `identity` and `normal` are the routing
+research's (notes/recipes.md, sources in notes/recipes_sources.md); every
+choice in them is a flag of its own, so any one can be switched back.
 """
 
 _RECONSTRUCTION_WEIGHT = 0.0005  # Sabour et al. (2017), per summed pixel.
@@ -28,7 +28,8 @@ _RELEASED_ROUTING = {
 }
 
 EXPERIMENTS = {
-    # The reference's setting: 1 routing iteration, batch 24, Adam 1e-3.
+    # The reference's setting: 1 routing iteration, batch 24, Adam 1e-3;
+    # transforms starting at the identity (initializers.DEFAULT).
     'default': {},
     'R0I1': {'iterations': 1},
     'R0I2': {'iterations': 2},
@@ -56,8 +57,12 @@ EXPERIMENTS = {
     'ibm': dict(
         _RELEASED_OPTIMISATION, **_RELEASED_ROUTING, iterations=3,
         initialization='ibm', cost_scale='ibm', min_variance=1e-9),
-    # Today's routing with transforms starting at the identity.
+    # Today's routing with transforms starting at the identity: the
+    # default since 2026-11-29, kept as the routing research's name for it.
     'identity': {'initialization': 'identity'},
+    # The default until 2026-11-29 (then `--initialization=default`):
+    # transforms drawn around zero with stddev 1/2.
+    'normal': {'initialization': 'normal'},
 }
 
 

@@ -69,7 +69,9 @@ class ModelConfig:
     conv1_padding: 'VALID' or 'SAME' for ReLU Conv1 (`geometry`); a
       model_config.json written before this field existed loads as VALID,
       the network it trained.
-    initialization: a scheme of nets/initializers.py.
+    initialization: a scheme of nets/initializers.py; a model_config.json
+      that names it by an earlier name (initializers.LEGACY_NAMES) loads
+      under today's.
     activation_cost, cost_scale, pose_damping, initial_assignments: the
       released codes' routing departures (nets/routing.py).
     class_lambda_scale: multiplies the class capsules' inverse temperature
@@ -103,7 +105,7 @@ class ModelConfig:
   log_space: bool = True
   reconstruction_weight: float = 0.0
   conv1_padding: str = 'VALID'
-  initialization: str = 'default'
+  initialization: str = 'normal'
   activation_cost: str = 'paper'
   cost_scale: str = 'none'
   pose_damping: float = 0.0
@@ -283,4 +285,7 @@ class ModelConfig:
           f'{path} not found: {directory} holds no run of train.py (it '
           'writes this file when it starts).')
     with open(path) as f:
-      return cls(**json.load(f))
+      values = json.load(f)
+    name = values.get('initialization', cls.initialization)
+    values['initialization'] = initializers.LEGACY_NAMES.get(name, name)
+    return cls(**values)

@@ -72,8 +72,10 @@ flags.DEFINE_float('min_variance', 1e-4, 'M-step variance floor (0 = off).')
 flags.DEFINE_bool('cost_standardization', True,
                   'Standardise the M-step cost over parent types.')
 flags.DEFINE_bool('log_space', True, 'E-step in log space.')
-flags.DEFINE_enum('initialization', 'default', sorted(initializers.SCHEMES),
-                  'Initial values of the variables (nets/initializers.py).')
+flags.DEFINE_enum('initialization', None, sorted(initializers.SCHEMES),
+                  'Initial values of the variables (nets/initializers.py); '
+                  f'default {initializers.DEFAULT!r}, or that of the run '
+                  'being resumed.')
 flags.DEFINE_enum('activation_cost', 'paper', list(em.ACTIVATION_COSTS),
                   "Activation logit: the paper's, or the authors' code's.")
 flags.DEFINE_enum('cost_scale', 'none', list(em.COST_SCALES),
@@ -230,6 +232,15 @@ def _final_lambda(previous):
   return model.default_final_lambda(FLAGS.dataset)
 
 
+def _initialization(previous):
+  """--initialization, else the resumed run's, else the default scheme."""
+  if FLAGS.initialization:
+    return FLAGS.initialization
+  if previous is not None:
+    return previous.initialization
+  return initializers.DEFAULT
+
+
 def _model_config(num_classes, previous):
   return model.ModelConfig(
       dataset=FLAGS.dataset, num_classes=num_classes,
@@ -242,7 +253,7 @@ def _model_config(num_classes, previous):
       reconstruction_weight=FLAGS.reconstruction_weight,
       decoder_standardization=FLAGS.decoder_standardization,
       conv1_padding=_conv1_padding(previous),
-      initialization=FLAGS.initialization,
+      initialization=_initialization(previous),
       activation_cost=FLAGS.activation_cost, cost_scale=FLAGS.cost_scale,
       pose_damping=FLAGS.pose_damping,
       initial_assignments=FLAGS.initial_assignments,

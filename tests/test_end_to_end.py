@@ -65,6 +65,7 @@ def test_train_and_resume(run):
   assert (config['a'], config['b'], config['c'], config['d']) == (8, 4, 4, 4)
   assert config['num_classes'] == 10
   assert config['conv1_padding'] == 'SAME'  # the MNIST default
+  assert config['initialization'] == 'identity'
 
 
 def test_pose_stats_refuses_figures_without_a_decoder(run, data_dir,
@@ -77,16 +78,18 @@ def test_pose_stats_refuses_figures_without_a_decoder(run, data_dir,
 def test_a_run_from_before_conv1_padding_resumes_as_valid(data_dir,
                                                          tmp_path):
   """A run directory whose model_config.json has no conv1_padding (written
-  before the field existed, when Conv1 was VALID) resumes without the flag,
-  as VALID; asking for SAME is refused."""
+  before the field existed, when Conv1 was VALID) and names the
+  initialisation `default` (as before 2026-11-29) resumes without the flags,
+  as VALID with the `normal` scheme; asking for SAME is refused."""
   train_dir = str(tmp_path / 'train')
   args = ['--train_dir=' + train_dir, '--data_dir=' + data_dir] + TINY
   _succeeded(_run('train.py', '--max_steps=1', '--conv1_padding=VALID',
-                  *args))
+                  '--initialization=normal', *args))
   path = os.path.join(train_dir, 'model_config.json')
   with open(path) as f:
     record = json.load(f)
   del record['conv1_padding']
+  record['initialization'] = 'default'
   with open(path, 'w') as f:
     json.dump(record, f)
   # Already at --max_steps: the config is rewritten, no step is trained.
@@ -94,7 +97,9 @@ def test_a_run_from_before_conv1_padding_resumes_as_valid(data_dir,
   assert 'nothing to train' in result.stderr
   assert not os.path.exists(os.path.join(train_dir, 'model.ckpt-2.index'))
   with open(path) as f:
-    assert json.load(f)['conv1_padding'] == 'VALID'
+    record = json.load(f)
+  assert (record['conv1_padding'], record['initialization']) == (
+      'VALID', 'normal')
   _failed(_run('train.py', '--max_steps=3', '--conv1_padding=SAME', *args),
           'holds a run of a different model')
 

@@ -148,7 +148,7 @@ def test_every_scheme_builds_the_same_variables():
   shapes = {name: {k: v.shape for k, v in _variables(name).items()}
             for name in initializers.SCHEMES}
   for name, found in shapes.items():
-    assert found == shapes['default'], name
+    assert found == shapes['normal'], name
 
 
 def _value(values, suffix):
@@ -187,8 +187,8 @@ def test_identity_scheme_starts_transforms_near_the_identity():
   assert 0.05 < (transforms - np.eye(4)).std() < 0.1
 
 
-def test_default_scheme_is_unchanged():
-  values = _variables('default')
+def test_normal_scheme_is_unchanged():
+  values = _variables('normal')
   assert _value(values, 'conv_caps1/transforms').std() == pytest.approx(
       0.5 * 0.88, rel=0.1)
   np.testing.assert_array_equal(_value(values, 'class_caps/beta_a'), 0.0)
@@ -226,7 +226,16 @@ def test_legacy_model_config_loads_with_the_paper_routing(tmp_path):
   assert loaded.routing().activation_cost == 'paper'
   assert loaded.routing().pose_damping == 0.0
   assert not loaded.routing().stop_assignment_gradients
-  assert loaded.initialization == 'default'
+  assert loaded.initialization == 'normal'
+
+
+def test_model_config_loads_a_scheme_under_its_earlier_name(tmp_path):
+  model.ModelConfig(initialization='normal').save(str(tmp_path))
+  path = tmp_path / model.CONFIG_FILE
+  path.write_text(path.read_text().replace('"normal"', '"default"'))
+  assert model.ModelConfig.load(str(tmp_path)).initialization == 'normal'
+  with pytest.raises(ValueError, match='initialization'):
+    model.ModelConfig(initialization='default')
 
 
 @pytest.mark.parametrize('recipe', ['authors', 'ibm', 'identity'])

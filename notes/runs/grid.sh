@@ -19,6 +19,9 @@
 # capsules' variances). identity_i1_seed2 and
 # identity_i3_var1e-2_positions_warmup_seed2 repeat the two arms of goal (a)
 # with a second seed, and the _seed3 runs with a third.
+# The default_* runs trained the initialisation that was the default until
+# 2026-11-29, `normal` since (--config=normal); identity_long is
+# default_long with today's default, the identity initialisation (§6).
 # Each run trains alone on both cores, then tests.py evaluates every kept
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
@@ -37,52 +40,53 @@ cd "$(dirname "$0")/../.."
 # has lambda = 2 since default_lambda2_i1 (before, 1: the other candidate).
 RUNS="
 authors_i3 authors 3 5000
-default_lambda2_i1 default 1 5000 --final_lambda=2
-default_margin065_i1 default 1 5000 --final_lambda=1 --margin_end=0.65
-default_long default 1 15000
+default_lambda2_i1 normal 1 5000 --final_lambda=2
+default_margin065_i1 normal 1 5000 --final_lambda=1 --margin_end=0.65
+default_long normal 1 15000
 ibm_i3 ibm 3 5000
 identity_i3 identity 3 5000
 authors_i1 authors 1 5000
 ibm_i1 ibm 1 5000
 identity_i1 identity 1 5000
-default_i3 default 3 5000
+default_i3 normal 3 5000
 authors_i2 authors 2 5000
 ibm_i2 ibm 2 5000
 identity_i2 identity 2 5000
-default_i2 default 2 5000
-default_i3_stopgrad default 3 5000 --stop_assignment_gradients
-default_i3_var1e-2 default 3 5000 --min_variance=1e-2
-default_i3_var1e-1 default 3 5000 --min_variance=1e-1
-default_i1_class3 default 1 5000 --class_iterations=3
-default_i3_class1 default 3 5000 --class_iterations=1
-default_i3_var1 default 3 5000 --min_variance=1
-default_i1_var1e-1 default 1 10000 --min_variance=1e-1
-default_i3_var1e-1_recon default 3 5000 --min_variance=1e-1 --reconstruction_weight=0.0005
-default_i3_var1e-1_types default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_types --initial_assignments=per_slot
-default_i3_var1e-1_positions default 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions
-default_i1_var1e-1_perslot default 1 5000 --min_variance=1e-1 --initial_assignments=per_slot
-default_i3_types default 3 5000 --e_step_normalization=parent_types --initial_assignments=per_slot
-default_i3_positions default 3 5000 --e_step_normalization=parent_positions
-default_i3_var1e-1_warmup default 3 5000 --min_variance=1e-1 --routing_warmup_steps=2000
-default_i3_warmup default 3 5000 --routing_warmup_steps=2000
-default_i3_var1e-1_types_warmup default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_types --initial_assignments=per_slot --routing_warmup_steps=2000
-default_i3_var1e-1_positions_warmup default 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000
-default_i3_var1e-1_positions_warmup_recon default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.0005
-default_i3_var1e-1_positions_warmup_recon_std default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.0005 --decoder_standardization
-default_i3_var1e-1_positions_warmup_recon2e-3 default 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.002
-default_i3_var1e-2_positions_warmup_recon default 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.0005
-default_i3_var1e-1_positions_warmup_augment default 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --augment
-default_i1_var1e-1_augment default 1 10000 --min_variance=1e-1 --augment
-default_augment_long default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.9 --learning_rate_decay_steps=1000
-default_augment_decay095 default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
-default_augment_decay095_seed2 default 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000 --seed=2
+default_i2 normal 2 5000
+default_i3_stopgrad normal 3 5000 --stop_assignment_gradients
+default_i3_var1e-2 normal 3 5000 --min_variance=1e-2
+default_i3_var1e-1 normal 3 5000 --min_variance=1e-1
+default_i1_class3 normal 1 5000 --class_iterations=3
+default_i3_class1 normal 3 5000 --class_iterations=1
+default_i3_var1 normal 3 5000 --min_variance=1
+default_i1_var1e-1 normal 1 10000 --min_variance=1e-1
+default_i3_var1e-1_recon normal 3 5000 --min_variance=1e-1 --reconstruction_weight=0.0005
+default_i3_var1e-1_types normal 3 5000 --min_variance=1e-1 --e_step_normalization=parent_types --initial_assignments=per_slot
+default_i3_var1e-1_positions normal 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions
+default_i1_var1e-1_perslot normal 1 5000 --min_variance=1e-1 --initial_assignments=per_slot
+default_i3_types normal 3 5000 --e_step_normalization=parent_types --initial_assignments=per_slot
+default_i3_positions normal 3 5000 --e_step_normalization=parent_positions
+default_i3_var1e-1_warmup normal 3 5000 --min_variance=1e-1 --routing_warmup_steps=2000
+default_i3_warmup normal 3 5000 --routing_warmup_steps=2000
+default_i3_var1e-1_types_warmup normal 3 5000 --min_variance=1e-1 --e_step_normalization=parent_types --initial_assignments=per_slot --routing_warmup_steps=2000
+default_i3_var1e-1_positions_warmup normal 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000
+default_i3_var1e-1_positions_warmup_recon normal 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.0005
+default_i3_var1e-1_positions_warmup_recon_std normal 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.0005 --decoder_standardization
+default_i3_var1e-1_positions_warmup_recon2e-3 normal 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.002
+default_i3_var1e-2_positions_warmup_recon normal 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --reconstruction_weight=0.0005
+default_i3_var1e-1_positions_warmup_augment normal 3 10000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --augment
+default_i1_var1e-1_augment normal 1 10000 --min_variance=1e-1 --augment
+default_augment_long normal 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.9 --learning_rate_decay_steps=1000
+default_augment_decay095 normal 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
+default_augment_decay095_seed2 normal 1 30000 --keep_checkpoint_max=31 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000 --seed=2
 identity_i3_var1e-1_positions_warmup identity 3 5000 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000
 identity_i3_var1e-2_positions_warmup identity 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000
 identity_i1_seed2 identity 1 5000 --seed=2
 identity_i3_var1e-2_positions_warmup_seed2 identity 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --seed=2
 identity_i3_var1e-2_positions_warmup_seed3 identity 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --seed=3
 identity_i1_seed3 identity 1 5000 --seed=3
-default_i3_var1e-1_positions_warmup_augment_decay095 default 3 40000 --keep_checkpoint_max=41 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
+identity_long default 1 15000
+default_i3_var1e-1_positions_warmup_augment_decay095 normal 3 40000 --keep_checkpoint_max=41 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "
 echo "$RUNS" | while read -r name recipe iterations steps extra; do

@@ -5,9 +5,10 @@ A scheme is an `Initialization`, named in `SCHEMES`; `ModelConfig` records
 its name. Every scheme builds the same variables with the same shapes, so a
 checkpoint of one loads into the network of any other.
 
-  default   this project's: He for ReLU Conv1 and PrimaryCaps, transforms
-            with stddev 1/2 (a vote has the scale of a pose: each entry sums
-            4 products), zero biases, beta_v = beta_a = 0.
+  normal    this project's first: He for ReLU Conv1 and PrimaryCaps,
+            transforms with stddev 1/2 (a vote has the scale of a pose: each
+            entry sums 4 products), zero biases, beta_v = beta_a = 0. The
+            default until 2026-11-29, then named `default` (LEGACY_NAMES).
   authors   google-research capsule_em: ReLU Conv1 stddev 0.05 and bias 0.1;
             PrimaryCaps pose kernel stddev 0.5, activation kernel stddev 3.0
             and a = logistic(x - 1); ConvCaps transforms stddev 0.3, class
@@ -17,7 +18,10 @@ checkpoint of one loads into the network of any other.
   ibm       IBM/matrix-capsules-with-em-routing: transforms stddev 1.0,
             beta_a ~ truncated normal (-1000, 500), beta_v Xavier uniform.
   identity  transforms W = I + noise of stddev 0.1, so that every vote
-            starts as its child's pose (the pose-preserving recipe).
+            starts as its child's pose (the pose-preserving recipe); as
+            `normal` otherwise. train.py's default (DEFAULT) since
+            2026-11-29: the best at 1 iteration in the routing research
+            (notes/results.md).
 """
 
 import dataclasses
@@ -108,7 +112,7 @@ class Initialization:
 
 
 SCHEMES = {
-    'default': Initialization(),
+    'normal': Initialization(),
     'authors': Initialization(
         conv1_weights=_normal(0.05), conv1_biases=_constant(0.1),
         primary_poses=_normal(0.5), primary_activations=_normal(3.0),
@@ -125,6 +129,13 @@ SCHEMES = {
         conv_transforms=Init('truncated_normal', stddev=0.1, identity=True),
         class_transforms=Init('truncated_normal', stddev=0.1, identity=True)),
 }
+
+
+DEFAULT = 'identity'
+
+# Earlier names of schemes, as model_config.json files of earlier runs
+# record them.
+LEGACY_NAMES = {'default': 'normal'}
 
 
 def get(name):
