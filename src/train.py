@@ -395,10 +395,37 @@ def _hooks(step, deployment, saver):
                    FLAGS.max_steps, FLAGS.train_dir),
   ]
   if deployment.is_chief:
-    hooks.append(tf.compat.v1.train.CheckpointSaverHook(
+    hooks.append(AlignedCheckpointSaverHook(
         FLAGS.train_dir, save_steps=FLAGS.save_checkpoint_steps,
         saver=saver, save_graph_def=False))
   return hooks
+
+
+class MultipleOfStepsTimer(tf.compat.v1.train.SecondOrStepTimer):
+  """Triggers at the first step and at every multiple of `every_steps`.
+
+  TensorFlow's timer counts `every_steps` from the last trigger, which a
+  resumed run sets to the step it restored: a run stopped at step 1,556
+  would then save at 2,556, 3,556, ... instead of 2,000, 3,000, ...
+  """
+
+  def __init__(self, every_steps):
+    super().__init__(every_steps=every_steps)
+    self._period = every_steps
+
+  def should_trigger_for_step(self, step):
+    last = self.last_triggered_step()
+    return last is None or step // self._period > last // self._period
+
+
+class AlignedCheckpointSaverHook(tf.compat.v1.train.CheckpointSaverHook):
+  """CheckpointSaverHook that saves on the multiples of `save_steps`
+  whatever step the run resumed from (MultipleOfStepsTimer), and at the
+  start and the end as before."""
+
+  def __init__(self, checkpoint_dir, save_steps, **kwargs):
+    super().__init__(checkpoint_dir, save_steps=save_steps, **kwargs)
+    self._timer = MultipleOfStepsTimer(save_steps)
 
 
 @contextlib.contextmanager

@@ -464,7 +464,9 @@ def test_follow_evaluates_every_kept_checkpoint_then_times_out(run, data_dir,
   assert 'No new checkpoint' in result.stderr
   kept = sorted(int(path.name.split('-')[1].split('.')[0])
                 for path in pathlib.Path(run[0]).glob('model.ckpt-*.index'))
-  assert kept == [0, 3, 4, 7]  # the resumed run saves at its start, 4
+  # The resumed run saves at its start, 4, on the multiples of 3, and at
+  # its end.
+  assert kept == [0, 3, 4, 6, 7]
   records = _lines(eval_dir / 'results.jsonl')
   assert [r['step'] for r in records] == kept
   assert all(r['images_evaluated'] == 10000 for r in records)

@@ -1,4 +1,5 @@
-"""train.py's progress hook: a NaN or Inf loss stops training."""
+"""train.py's hooks: a NaN or Inf loss stops training; checkpoints fall on
+the multiples of --save_checkpoint_steps."""
 
 import math
 
@@ -28,3 +29,36 @@ def test_finite_loss_goes_on():
   hook = train.ProgressHook({}, 10, 24, 100, '/some/run')
   for _ in range(3):
     _after_run(hook, 0.25)
+
+
+def _triggers(timer, steps):
+  """The steps at which `timer` fires, as the checkpoint hook asks it."""
+  fired = []
+  for step in steps:
+    if timer.should_trigger_for_step(step):
+      timer.update_last_triggered_step(step)
+      fired.append(step)
+  return fired
+
+
+def test_checkpoints_fall_on_multiples_of_the_period_after_a_resume():
+  """A run stopped at step 1,556 and resumed saves there (the restored
+  step), then at 2,000 and 3,000, not at 2,556."""
+  timer = train.MultipleOfStepsTimer(1000)
+  assert _triggers(timer, [1556]) == [1556]
+  assert _triggers(timer, range(1557, 3200)) == [2000, 3000]
+
+
+def test_a_run_from_step_0_saves_at_every_multiple():
+  timer = train.MultipleOfStepsTimer(3)
+  assert _triggers(timer, range(0, 10)) == [0, 3, 6, 9]
+
+
+def test_the_hook_uses_the_aligned_timer(tmp_path):
+  with tf.Graph().as_default():
+    tf.compat.v1.train.create_global_step()
+    hook = train.AlignedCheckpointSaverHook(
+        str(tmp_path), save_steps=5, saver=tf.compat.v1.train.Saver(
+            [tf.compat.v1.train.get_global_step()]))
+  # pylint: disable-next=protected-access
+  assert isinstance(hook._timer, train.MultipleOfStepsTimer)

@@ -21,7 +21,10 @@
 # with a second seed, and the _seed3 runs with a third.
 # The default_* runs trained the initialisation that was the default until
 # 2026-11-29, `normal` since (--config=normal); identity_long is
-# default_long with today's default, the identity initialisation (§6).
+# default_long with today's default, the identity initialisation (§6);
+# default_i1_seed2 and _seed3 repeat default_lambda2_i1 (the `normal`
+# initialisation at 1 iteration) with two more seeds, to set three seeds of
+# each initialisation side by side.
 # Each run trains alone on both cores, then tests.py evaluates every kept
 # checkpoint on all 10,000 test images and diagnose.py summarises the
 # routing on the first 1,000. A finished run is skipped and an interrupted
@@ -86,6 +89,8 @@ identity_i3_var1e-2_positions_warmup_seed2 identity 3 5000 --min_variance=1e-2 -
 identity_i3_var1e-2_positions_warmup_seed3 identity 3 5000 --min_variance=1e-2 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --seed=3
 identity_i1_seed3 identity 1 5000 --seed=3
 identity_long default 1 15000
+default_i1_seed2 normal 1 5000 --seed=2
+default_i1_seed3 normal 1 5000 --seed=3
 default_i3_var1e-1_positions_warmup_augment_decay095 normal 3 40000 --keep_checkpoint_max=41 --min_variance=1e-1 --e_step_normalization=parent_positions --routing_warmup_steps=2000 --augment --learning_rate_decay_rate=0.95 --learning_rate_decay_steps=1000
 "
 selected=" ${*:-$(echo "$RUNS" | awk 'NF {print $1}' | tr '\n' ' ')} "

@@ -1,6 +1,7 @@
 #!/bin/bash
 # The robustness comparison's runs (issue 12, notes/robustness.md): the
-# capsule network (today's default, 1 routing iteration) and the CNN
+# capsule network (the default of 2026-11-28, 1 routing iteration: since
+# 2026-11-29 --initialization=normal, as below) and the CNN
 # baseline, each trained 5,000 steps at batch 24 on mnist40 (MNIST digits
 # placed at random on a 40x40 canvas, no other transformation), seed 1,
 # then every kept checkpoint evaluated on the centred 40x40 MNIST test set
@@ -29,7 +30,8 @@ train_and_evaluate() {
 case "${1:-}" in
   train)
     train_and_evaluate runs/robust_cnn --model=cnn_baseline
-    train_and_evaluate runs/robust_capsules --model=capsules
+    train_and_evaluate runs/robust_capsules --model=capsules \
+        --initialization=normal
     ;;
   attack)
     [[ $# -eq 3 ]] || { echo "usage: $0 attack CAPS@STEP CNN@STEP" >&2; exit 2; }
