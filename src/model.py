@@ -105,7 +105,7 @@ class ModelConfig:
   log_space: bool = True
   reconstruction_weight: float = 0.0
   conv1_padding: str = 'VALID'
-  initialization: str = 'normal'
+  initialization: str = 'normal'  # train.py's: initializers.DEFAULT.
   activation_cost: str = 'paper'
   cost_scale: str = 'none'
   pose_damping: float = 0.0

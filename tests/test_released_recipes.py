@@ -238,7 +238,7 @@ def test_model_config_loads_a_scheme_under_its_earlier_name(tmp_path):
     model.ModelConfig(initialization='default')
 
 
-@pytest.mark.parametrize('recipe', ['authors', 'ibm', 'identity'])
+@pytest.mark.parametrize('recipe', ['authors', 'ibm', 'identity', 'normal'])
 def test_recipe_builds_and_trains_finitely(recipe):
   """Every model field of the recipe reaches the network, and a few steps of
   its optimisation stay finite at 3 iterations."""

@@ -53,12 +53,3 @@ def test_a_run_from_step_0_saves_at_every_multiple():
   timer = train.MultipleOfStepsTimer(3)
   assert _triggers(timer, range(0, 10)) == [0, 3, 6, 9]
 
-
-def test_the_hook_uses_the_aligned_timer(tmp_path):
-  with tf.Graph().as_default():
-    tf.compat.v1.train.create_global_step()
-    hook = train.AlignedCheckpointSaverHook(
-        str(tmp_path), save_steps=5, saver=tf.compat.v1.train.Saver(
-            [tf.compat.v1.train.get_global_step()]))
-  # pylint: disable-next=protected-access
-  assert isinstance(hook._timer, train.MultipleOfStepsTimer)
