@@ -1,6 +1,6 @@
 """Packages a trained run for shipping, e.g. as pretrained/mnist.
 
-  python src/package.py --train_dir=runs/grid_default_long --output_dir=pretrained/mnist
+  python src/package.py --train_dir=runs/grid_identity_long --output_dir=pretrained/mnist
 
 Writes to --output_dir the weights of one checkpoint (the latest, or --step)
 without the optimizer's slots, under the checkpoint's own step, a
