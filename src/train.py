@@ -214,31 +214,15 @@ def _previous_config():
     return None
 
 
-def _conv1_padding(previous):
-  """--conv1_padding, else the resumed run's, else the dataset's default."""
-  if FLAGS.conv1_padding:
-    return FLAGS.conv1_padding
+def _flag_or_resumed(name, previous, default):
+  """--name if given, else the value of the run being resumed (of the same
+  dataset), else `default`: the fields whose default changed over time, so
+  that a resumed run keeps what it trained with."""
+  if FLAGS[name].value is not None:
+    return FLAGS[name].value
   if previous is not None and previous.dataset == FLAGS.dataset:
-    return previous.conv1_padding
-  return model.default_conv1_padding(FLAGS.dataset)
-
-
-def _final_lambda(previous):
-  """--final_lambda, else the resumed run's, else the dataset's default."""
-  if FLAGS.final_lambda is not None:
-    return FLAGS.final_lambda
-  if previous is not None and previous.dataset == FLAGS.dataset:
-    return previous.final_lambda
-  return model.default_final_lambda(FLAGS.dataset)
-
-
-def _initialization(previous):
-  """--initialization, else the resumed run's, else the default scheme."""
-  if FLAGS.initialization:
-    return FLAGS.initialization
-  if previous is not None:
-    return previous.initialization
-  return initializers.DEFAULT
+    return getattr(previous, name)
+  return default
 
 
 def _model_config(num_classes, previous):
@@ -247,13 +231,19 @@ def _model_config(num_classes, previous):
       iterations=FLAGS.iterations, a=FLAGS.A,
       b=FLAGS.B, c=FLAGS.C, d=FLAGS.D,
       inverse_temperature_schedule=FLAGS.inverse_temperature_schedule,
-      final_lambda=_final_lambda(previous), min_variance=FLAGS.min_variance,
+      final_lambda=_flag_or_resumed(
+          'final_lambda', previous,
+          model.default_final_lambda(FLAGS.dataset)),
+      min_variance=FLAGS.min_variance,
       cost_standardization=FLAGS.cost_standardization,
       log_space=FLAGS.log_space,
       reconstruction_weight=FLAGS.reconstruction_weight,
       decoder_standardization=FLAGS.decoder_standardization,
-      conv1_padding=_conv1_padding(previous),
-      initialization=_initialization(previous),
+      conv1_padding=_flag_or_resumed(
+          'conv1_padding', previous,
+          model.default_conv1_padding(FLAGS.dataset)),
+      initialization=_flag_or_resumed('initialization', previous,
+                                      initializers.DEFAULT),
       activation_cost=FLAGS.activation_cost, cost_scale=FLAGS.cost_scale,
       pose_damping=FLAGS.pose_damping,
       initial_assignments=FLAGS.initial_assignments,
