@@ -264,18 +264,27 @@ class Watchdog(tf.compat.v1.train.SessionRunHook):
   In multi-worker training a worker whose peer died waits in the step's
   all-reduce for ever, and so would its session's close. The watchdog logs
   `message` and every thread's stack, then exits with status 3; the last
-  checkpoint is intact and the run resumes from it.
+  checkpoint is intact and the run resumes from it. Start-up (building the
+  graph, joining the other workers) and the first step, which is slower
+  than the others, get `startup_secs` instead.
+
+  Args:
+    timeout_secs: int, the longest a step may take.
+    message: str, logged after 'No training step finished in N s: '.
+    startup_secs: int or None, the same for start-up and the first step;
+      never less than `timeout_secs`.
   """
 
-  def __init__(self, timeout_secs, message):
+  def __init__(self, timeout_secs, message, startup_secs=None):
     self._timeout_secs = timeout_secs
+    self._allowed = max(timeout_secs, startup_secs or 0)
     self._message = message
     self._last = time.monotonic()
     self._done = threading.Event()
     self._thread = threading.Thread(target=self._watch, daemon=True)
 
   def start(self):
-    """Starts watching; the session's start-up counts as the first step."""
+    """Starts watching; start-up and the first step get `startup_secs`."""
     self._last = time.monotonic()
     self._thread.start()
 
@@ -284,11 +293,17 @@ class Watchdog(tf.compat.v1.train.SessionRunHook):
 
   def after_run(self, run_context, run_values):
     self._last = time.monotonic()
+    self._allowed = self._timeout_secs
+
+  def overdue(self, now):
+    """Whether at `now` (time.monotonic()) the current step is late."""
+    return now - self._last > self._allowed
 
   def _watch(self):
     while not self._done.wait(1.0):
-      if time.monotonic() - self._last > self._timeout_secs:
-        logging.error('%s', self._message)
+      if self.overdue(time.monotonic()):
+        logging.error('No training step finished in %d s: %s',
+                      self._allowed, self._message)
         logging.flush()
         faulthandler.dump_traceback(all_threads=True)
         os._exit(3)  # pylint: disable=protected-access

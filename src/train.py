@@ -50,6 +50,8 @@ flags.DEFINE_integer('cpu_replicas', 1, 'Split the CPU into this many '
 flags.DEFINE_integer('step_timeout_secs', 600, 'Several machines (TF_CONFIG): '
                      'a worker stops with an error when no step finishes in '
                      'this time, e.g. because another worker died.')
+flags.DEFINE_integer('startup_timeout_secs', 600, 'Several machines: the '
+                     'same for start-up and the first step.')
 flags.DEFINE_integer('batch_size', 24, 'Training batch size.')
 flags.DEFINE_integer('max_steps', 50000, 'Stop at this global step.')
 flags.DEFINE_integer('seed', None, 'Random seed (graph and input order).')
@@ -170,7 +172,7 @@ def _apply_experiment():
 def _validate_flags():
   """Checks the flags; returns the session config they describe."""
   for name in ('batch_size', 'iterations', 'max_steps', 'log_every_n_steps',
-               'step_timeout_secs',
+               'step_timeout_secs', 'startup_timeout_secs',
                'save_summaries_steps', 'save_checkpoint_steps',
                'margin_ramp_steps', 'learning_rate_decay_steps',
                'keep_checkpoint_max'):
@@ -478,9 +480,9 @@ def train(config, dataset, deployment, session_config):
   if deployment.multi_worker:
     watchdog = deployment_lib.Watchdog(
         FLAGS.step_timeout_secs,
-        f'No training step finished in {FLAGS.step_timeout_secs} s: another '
-        'worker has probably stopped. The last checkpoint in '
-        f'{FLAGS.train_dir} is intact; start every worker again to resume.')
+        'another worker has probably stopped. The last checkpoint in '
+        f'{FLAGS.train_dir} is intact; start every worker again to resume.',
+        startup_secs=FLAGS.startup_timeout_secs)
   with tf.Graph().as_default():
     if FLAGS.seed is not None:
       tf.compat.v1.set_random_seed(FLAGS.seed)
