@@ -51,7 +51,7 @@ def _check_against_numpy(votes, activations, beta_v, beta_a, lambdas,
       votes, activations, beta_v, beta_a, len(lambdas),
       inverse_temperature=lambda t: lambdas[t], child_ids=child_ids,
       log_space=log_space)
-  num_positions, num_types = votes.shape[1], votes.shape[2]
+  num_positions = votes.shape[1]
   for n in range(votes.shape[0]):
     a, graph_votes, connected = procedure1.from_layout(
         votes[n], activations[n], child_ids)
