@@ -264,46 +264,56 @@ class Watchdog(tf.compat.v1.train.SessionRunHook):
   In multi-worker training a worker whose peer died waits in the step's
   all-reduce for ever, and so would its session's close. The watchdog logs
   `message` and every thread's stack, then exits with status 3; the last
-  checkpoint is intact and the run resumes from it. Start-up (building the
-  graph, joining the other workers) and the first step, which is slower
-  than the others, get `startup_secs` instead.
+  checkpoint is intact and the run resumes from it. Creating the session
+  (joining the other workers, restoring the checkpoint) and the first
+  step, which are slower than a step, get `startup_secs` instead.
 
   Args:
     timeout_secs: int, the longest a step may take.
-    message: str, logged after 'No training step finished in N s: '.
+    message: str, logged after the time that ran out.
     startup_secs: int or None, the same for start-up and the first step;
-      never less than `timeout_secs`.
+      raised to `timeout_secs` if below it.
   """
 
   def __init__(self, timeout_secs, message, startup_secs=None):
     self._timeout_secs = timeout_secs
-    self._allowed = max(timeout_secs, startup_secs or 0)
+    self._startup_secs = max(timeout_secs, startup_secs or 0)
     self._message = message
-    self._last = time.monotonic()
     self._done = threading.Event()
     self._thread = threading.Thread(target=self._watch, daemon=True)
+    # (deadline, seconds allowed, whether a step finished), replaced whole
+    # so that the watching thread never reads half of an update.
+    self._state = (time.monotonic() + self._startup_secs, self._startup_secs,
+                   False)
 
   def start(self):
     """Starts watching; start-up and the first step get `startup_secs`."""
-    self._last = time.monotonic()
+    self._state = (time.monotonic() + self._startup_secs, self._startup_secs,
+                   False)
     self._thread.start()
 
   def stop(self):
     self._done.set()
 
   def after_run(self, run_context, run_values):
-    self._last = time.monotonic()
-    self._allowed = self._timeout_secs
+    self._state = (time.monotonic() + self._timeout_secs, self._timeout_secs,
+                   True)
 
   def overdue(self, now):
-    """Whether at `now` (time.monotonic()) the current step is late."""
-    return now - self._last > self._allowed
+    """The message to log if at `now` (time.monotonic()) the current step
+    or the start-up is late, else None."""
+    deadline, allowed, stepped = self._state
+    if now <= deadline:
+      return None
+    waited = 'no training step finished' if stepped else (
+        'start-up and the first step did not finish')
+    return f'{waited.capitalize()} in {allowed} s: {self._message}'
 
   def _watch(self):
     while not self._done.wait(1.0):
-      if self.overdue(time.monotonic()):
-        logging.error('No training step finished in %d s: %s',
-                      self._allowed, self._message)
+      late = self.overdue(time.monotonic())
+      if late:
+        logging.error('%s', late)
         logging.flush()
         faulthandler.dump_traceback(all_threads=True)
         os._exit(3)  # pylint: disable=protected-access

@@ -51,7 +51,8 @@ flags.DEFINE_integer('step_timeout_secs', 600, 'Several machines (TF_CONFIG): '
                      'a worker stops with an error when no step finishes in '
                      'this time, e.g. because another worker died.')
 flags.DEFINE_integer('startup_timeout_secs', 600, 'Several machines: the '
-                     'same for start-up and the first step.')
+                     'same for start-up (joining the other workers) and the '
+                     'first step; at least --step_timeout_secs.')
 flags.DEFINE_integer('batch_size', 24, 'Training batch size.')
 flags.DEFINE_integer('max_steps', 50000, 'Stop at this global step.')
 flags.DEFINE_integer('seed', None, 'Random seed (graph and input order).')
@@ -480,8 +481,9 @@ def train(config, dataset, deployment, session_config):
   if deployment.multi_worker:
     watchdog = deployment_lib.Watchdog(
         FLAGS.step_timeout_secs,
-        'another worker has probably stopped. The last checkpoint in '
-        f'{FLAGS.train_dir} is intact; start every worker again to resume.',
+        'another worker has probably stopped or not started. The last '
+        f'checkpoint in {FLAGS.train_dir} is intact; start every worker '
+        'again to resume.',
         startup_secs=FLAGS.startup_timeout_secs)
   with tf.Graph().as_default():
     if FLAGS.seed is not None:

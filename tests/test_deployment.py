@@ -244,17 +244,20 @@ def _needs_mnist():
 
 def test_the_watchdog_allows_start_up_longer_than_a_step():
   """Start-up and the first step get startup_secs; every later step gets
-  timeout_secs; a start-up allowance below the step timeout is raised."""
+  timeout_secs; a start-up allowance below the step timeout is raised.
+  The message names the time that ran out and what was waited for."""
   watchdog = deployment.Watchdog(2, 'peer died', startup_secs=30)
   start = time.monotonic()
-  assert not watchdog.overdue(start + 20)
-  assert watchdog.overdue(start + 40)
+  assert watchdog.overdue(start + 20) is None
+  assert watchdog.overdue(start + 40) == (
+      'Start-up and the first step did not finish in 30 s: peer died')
   watchdog.after_run(None, None)
   now = time.monotonic()
-  assert not watchdog.overdue(now + 1)
-  assert watchdog.overdue(now + 3)
+  assert watchdog.overdue(now + 1) is None
+  assert watchdog.overdue(now + 3) == (
+      'No training step finished in 2 s: peer died')
   short = deployment.Watchdog(5, 'peer died', startup_secs=1)
-  assert not short.overdue(time.monotonic() + 3)
+  assert short.overdue(time.monotonic() + 3) is None
 
 
 def test_two_workers_train_together_and_resume(tmp_path):
@@ -279,9 +282,10 @@ def test_two_workers_train_together_and_resume(tmp_path):
 
 
 def test_a_dead_worker_stops_the_other_and_the_run_resumes(tmp_path):
-  """Worker 1 is killed after the first checkpoint: the chief stops within
-  its step timeout with a message and the threads' stacks, not a hang;
-  the run then resumes on one machine from the last checkpoint."""
+  """Worker 1 is killed after a checkpoint past step 0 (so after the first
+  step): the chief stops within its step timeout with a message and the
+  threads' stacks, not a hang; the run then resumes on one machine from
+  the last checkpoint."""
   _needs_mnist()
   train_dir = str(tmp_path / 'run')
   chief, worker = _start_workers(train_dir, '--max_steps=100000')
@@ -295,7 +299,8 @@ def test_a_dead_worker_stops_the_other_and_the_run_resumes(tmp_path):
   outputs, codes = _finish([chief, worker], timeout=120)
   assert codes[0] == 3, outputs[0][-3000:]
   assert time.monotonic() - killed_at < 60
-  assert 'another worker has probably stopped' in outputs[0]
+  assert ('No training step finished in 15 s: another worker has probably '
+          'stopped') in outputs[0]
   assert 'Thread' in outputs[0]  # faulthandler's stacks
   last = int(tf.train.latest_checkpoint(train_dir).rsplit('-', 1)[1])
   resumed = _train_py(f'--train_dir={train_dir}', f'--max_steps={last + 2}',
