@@ -281,23 +281,24 @@ class Watchdog(tf.compat.v1.train.SessionRunHook):
     self._message = message
     self._done = threading.Event()
     self._thread = threading.Thread(target=self._watch, daemon=True)
-    # (deadline, seconds allowed, whether a step finished), replaced whole
-    # so that the watching thread never reads half of an update.
-    self._state = (time.monotonic() + self._startup_secs, self._startup_secs,
-                   False)
+    self._arm(self._startup_secs, stepped=False)
+
+  def _arm(self, allowed, stepped):
+    """Allows `allowed` seconds from now. The state (deadline, seconds
+    allowed, whether a step finished) is replaced whole, so that the
+    watching thread never reads half of an update."""
+    self._state = (time.monotonic() + allowed, allowed, stepped)
 
   def start(self):
     """Starts watching; start-up and the first step get `startup_secs`."""
-    self._state = (time.monotonic() + self._startup_secs, self._startup_secs,
-                   False)
+    self._arm(self._startup_secs, stepped=False)
     self._thread.start()
 
   def stop(self):
     self._done.set()
 
   def after_run(self, run_context, run_values):
-    self._state = (time.monotonic() + self._timeout_secs, self._timeout_secs,
-                   True)
+    self._arm(self._timeout_secs, stepped=True)
 
   def overdue(self, now):
     """The message to log if at `now` (time.monotonic()) the current step
