@@ -60,6 +60,10 @@ class ModelConfig:
     inverse_temperature_schedule: 'constant' or 'authors' (nets.schedules).
     final_lambda: the inverse temperature at the end of the schedule.
     min_variance: variance floor of the M-step (0 = off).
+    min_mass: the M-step holds the mu_j and sigma_j^2 of a parent whose
+      mass sum_i R_ij a_i is at most this constant in the gradient (0 =
+      off, as a model_config.json from before this field loads;
+      nets/routing.py).
     cost_standardization: standardise the M-step cost over parent types.
     log_space: E-step in log space.
     reconstruction_weight: weight of the reconstruction loss; > 0 adds the
@@ -103,6 +107,7 @@ class ModelConfig:
   min_variance: float = 1e-4
   cost_standardization: bool = True
   log_space: bool = True
+  min_mass: float = 0.0
   reconstruction_weight: float = 0.0
   conv1_padding: str = 'VALID'
   initialization: str = 'normal'  # train.py's: initializers.DEFAULT.
@@ -136,6 +141,8 @@ class ModelConfig:
                        'reconstruction_weight > 0')
     if self.min_variance < 0:
       raise ValueError(f'min_variance must be >= 0, got {self.min_variance}')
+    if self.min_mass < 0:
+      raise ValueError(f'min_mass must be >= 0, got {self.min_mass}')
     schedules.inverse_temperature(self.inverse_temperature_schedule, 1.0)
     if self.conv1_padding not in PADDINGS:
       raise ValueError(f'conv1_padding must be one of {PADDINGS}, got '
@@ -201,8 +208,9 @@ class ModelConfig:
             lambda_scale * self.final_lambda),
         min_variance=self.min_variance,
         cost_standardization=self.cost_standardization,
-        log_space=self.log_space, xla=xla, vote_moments=vote_moments,
-        fused_votes=fused_votes, activation_cost=self.activation_cost,
+        log_space=self.log_space, min_mass=self.min_mass, xla=xla,
+        vote_moments=vote_moments, fused_votes=fused_votes,
+        activation_cost=self.activation_cost,
         cost_scale=self.cost_scale, pose_damping=self.pose_damping,
         initial_assignments=self.initial_assignments,
         e_step_normalization=self.e_step_normalization,

@@ -16,7 +16,8 @@ and computes the same function the way the issue describes it:
 
 The maths is that of nets/routing.py, with the stabilisers of a
 `layers.Routing` (inverse_temperature, min_variance, cost_standardization,
-log_space); its speed switches (xla, vote_moments and any other) are ignored.
+log_space, min_mass); its speed switches (xla, vote_moments and any other)
+are ignored.
 """
 
 import math
@@ -249,10 +250,12 @@ def _m_step(assignments, activations, votes, beta_v, beta_a,
   weights = assignments * activations[..., None]  # R_ij a_i [N, P, I, C]
   mass = tf.reduce_sum(weights, axis=2)[..., None]  # [N, P, C, 1]
   weighted_votes = weights[..., None] * votes  # [N, P, I, C, 16]
-  poses = tf.math.divide_no_nan(tf.reduce_sum(weighted_votes, axis=2), mass)
+  poses = em.divide_by_mass(tf.reduce_sum(weighted_votes, axis=2), mass,
+                            routing.min_mass)
   squared_deviations = tf.square(votes - poses[:, :, None])
-  variances = tf.math.divide_no_nan(
-      tf.reduce_sum(weights[..., None] * squared_deviations, axis=2), mass)
+  variances = em.divide_by_mass(
+      tf.reduce_sum(weights[..., None] * squared_deviations, axis=2), mass,
+      routing.min_mass)
   variances += routing.min_variance
   cost = tf.reduce_sum(
       (beta_v[:, None] + 0.5 * tf.math.log(variances)) * mass,

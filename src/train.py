@@ -75,6 +75,11 @@ flags.DEFINE_float('min_variance', 1e-4, 'M-step variance floor (0 = off).')
 flags.DEFINE_bool('cost_standardization', True,
                   'Standardise the M-step cost over parent types.')
 flags.DEFINE_bool('log_space', True, 'E-step in log space.')
+flags.DEFINE_float('min_mass', 0.0, 'The M-step holds the poses and '
+                   'variances of a parent whose mass sum_i R_ij a_i is at '
+                   'most this constant in the gradient (0 = off; 1e-20 keeps '
+                   'the gradient finite on inputs far out of range: '
+                   'notes/em_routing.md).')
 flags.DEFINE_enum('initialization', None, sorted(initializers.SCHEMES),
                   'Initial values of the variables (nets/initializers.py); '
                   f'default {initializers.DEFAULT!r}, or that of the run '
@@ -239,7 +244,7 @@ def _model_config(num_classes, previous):
           model.default_final_lambda(FLAGS.dataset)),
       min_variance=FLAGS.min_variance,
       cost_standardization=FLAGS.cost_standardization,
-      log_space=FLAGS.log_space,
+      log_space=FLAGS.log_space, min_mass=FLAGS.min_mass,
       reconstruction_weight=FLAGS.reconstruction_weight,
       decoder_standardization=FLAGS.decoder_standardization,
       conv1_padding=_flag_or_resumed(
@@ -333,8 +338,11 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
     if not math.isfinite(values['loss']):
       raise NonFiniteLossError(
           f'loss is {values["loss"]} at step {step}. The last checkpoint in '
-          f'{self._train_dir} is intact; lower --learning_rate, set '
-          '--clip_gradient_norm or raise --min_variance and resume.')
+          f'{self._train_dir} is intact: resume with a lower '
+          '--learning_rate or with --clip_gradient_norm, or train anew in '
+          'another --train_dir with a higher --min_variance or with '
+          '--min_mass=1e-20 (they change the model, which a resumed run '
+          'keeps).')
     now = time.time()
     if self._last is None:
       self._last = (step, now)

@@ -180,6 +180,7 @@ def test_resume_with_a_different_model_fails(run, data_dir):
     ('--D=-2', '--D must be >= 1'),
     ('--final_lambda=0', 'final_lambda must be > 0'),
     ('--min_variance=-1', 'min_variance must be >= 0'),
+    ('--min_mass=-1', 'min_mass must be >= 0'),
     ('--routing_warmup_steps=-1', '--routing_warmup_steps must be >= 0'),
     ('--decoder_standardization', 'decoder_standardization needs a decoder'),
 ])

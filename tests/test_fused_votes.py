@@ -458,6 +458,64 @@ def test_variance_of_a_single_child_parent(kernels):
   assert np.all(np.isfinite(fused[2]))
 
 
+def _m_step_on(implementation, arrays, min_mass):
+  """m_step at uniform R on the votes of `arrays`, in `implementation`
+  ('votes', 'vote_moments' or 'fused'); [poses, variances, logits] and
+  their gradient with respect to activations, poses and transforms."""
+  t, feed = _placeholders(arrays)
+  num_slots, num_types = arrays['transforms'].shape[:2]
+  assignments = tf.fill(tf.concat([tf.shape(t['activations'])[:2],
+                                   [num_types, num_slots]], 0),
+                        1.0 / num_types)
+  votes = votes_lib.compute_votes(t['poses'], t['transforms'])
+  moments = None
+  if implementation == 'fused':
+    votes = fused_votes.FusedVotes(t['poses'], t['transforms'])
+  elif implementation == 'vote_moments':
+    moments = lambda w: votes_lib.vote_moments(t['poses'], t['transforms'], w)
+  outputs = em.m_step(assignments, t['activations'], votes,
+                      tf.constant([0.1, -0.2, 0.3]), tf.constant([0.2, 0.0,
+                                                                  -0.1]),
+                      0.5, min_variance=1e-4, cost_standardization=True,
+                      vote_moments=moments, min_mass=min_mass)
+  weights = np.random.default_rng(5).normal(size=(3,))
+  loss = sum(w * tf.reduce_sum(tf.sin(x)) for w, x in zip(weights, outputs))
+  wrt = [t['activations'], t['poses'], t['transforms']]
+  return list(outputs) + tf.gradients(loss, wrt), feed
+
+
+@pytest.mark.parametrize('implementation', ['votes', 'vote_moments', 'fused'])
+def test_min_mass_holds_a_nearly_empty_parent_in_the_gradient(request,
+                                                              implementation):
+  """Children at one parent position active at 1e-37 (a mass of about 1e-37,
+  not 0) with votes of about 1e3: the derivative -mu_j / mass of the
+  M-step's mu_j overflows float32 and the gradient is not finite. With
+  min_mass = 1e-20 every value is unchanged and every gradient finite; the
+  child poses there get none (mu_j and sigma_j^2 held constant), and the
+  other positions' gradients are unchanged."""
+  if implementation == 'fused':
+    request.getfixturevalue('kernels')
+  rng = np.random.default_rng(12)
+  arrays = dict(
+      activations=rng.uniform(0.1, 1.0, (2, 3, 6)).astype(np.float32),
+      poses=1e3 * rng.normal(size=(2, 3, 6, 4, 4)).astype(np.float32),
+      transforms=rng.normal(0, 0.5, (6, 3, 4, 4)).astype(np.float32))
+  arrays['activations'][0, 1] = 1e-37
+  with tf.Graph().as_default(), tf.compat.v1.Session(config=CONFIG) as sess:
+    unguarded, guarded = [sess.run(*_m_step_on(implementation, arrays, m))
+                          for m in (0.0, 1e-20)]
+  assert not all(np.all(np.isfinite(x)) for x in unguarded[3:])
+  assert all(np.all(np.isfinite(x)) for x in guarded)
+  names = ('poses', 'variances', 'logits', 'd/da', 'd/dposes')
+  for name, got, want in zip(names[:3], guarded, unguarded):
+    np.testing.assert_array_equal(got, want, err_msg=name)
+  assert np.all(guarded[4][0, 1] == 0)
+  for name, got, want in zip(names[3:], guarded[3:], unguarded[3:]):
+    for n, positions in ((0, [0, 2]), (1, [0, 1, 2])):
+      np.testing.assert_allclose(got[n, positions], want[n, positions],
+                                 rtol=1e-6, err_msg=name)
+
+
 # Shapes for N = 2, P = 3, I = 5, C = 4.
 GOOD_SHAPES = dict(
     assignments=(2, 3, 4, 5), activations=(2, 3, 5), poses=(2, 3, 5, 4, 4),

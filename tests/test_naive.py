@@ -32,8 +32,10 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (2, 28, 28, 1)
 STABILISED = model.ModelConfig().routing()
 PLAIN = layers.Routing(inverse_temperature=lambda t: 1.0 - 0.95 ** (t + 1))
+GUARDED = dataclasses.replace(STABILISED, min_mass=1e-20)
 MATHS_FIELDS = ('inverse_temperature', 'min_variance', 'cost_standardization',
-                'log_space', 'activation_cost', 'cost_scale', 'pose_damping',
+                'log_space', 'min_mass', 'activation_cost', 'cost_scale',
+                'pose_damping',
                 'initial_assignments', 'e_step_normalization',
                 'e_step_annealing', 'stop_assignment_gradients')
 
@@ -152,11 +154,17 @@ def _capsules(rng, height, width, types):
 
 @pytest.mark.parametrize('size,stride,iterations,routing', [
     (7, 2, 1, STABILISED), (7, 2, 3, STABILISED), (5, 1, 2, STABILISED),
-    (7, 2, 2, PLAIN), (5, 1, 3, PLAIN)])
+    (7, 2, 2, PLAIN), (5, 1, 3, PLAIN), (7, 2, 3, GUARDED)])
 @pytest.mark.parametrize('speed_switches', [True, False])
 def test_conv_caps_matches_capsules_conv(size, stride, iterations, routing,
                                          speed_switches):
+  """With GUARDED, the first image's children under the first parent
+  position are active at 1e-30 only, so min_mass binds there at every
+  iteration."""
   shape = [3, 3, 3, 4]
+  inputs = _capsules(np.random.default_rng(size + iterations), size, size, 3)
+  if routing.min_mass:
+    inputs[1][0, :3, :3] = 1e-30
   if speed_switches:
     fast_routing, atol, gradient_atol = routing, 5e-5, 1e-3
   else:
@@ -167,8 +175,7 @@ def test_conv_caps_matches_capsules_conv(size, stride, iterations, routing,
                                       iterations, fast_routing, name='caps'),
       lambda *x: naive._conv_caps(  # pylint: disable=protected-access
           x, shape, stride, iterations, routing, 'caps'),
-      _capsules(np.random.default_rng(size + iterations), size, size, 3),
-      iterations, 1e-5, atol, gradient_atol)
+      inputs, iterations, 1e-5, atol, gradient_atol)
 
 
 @pytest.mark.parametrize('coordinate_addition,iterations,routing', [

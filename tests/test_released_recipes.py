@@ -207,7 +207,7 @@ def test_class_lambda_scale_applies_to_the_class_layer_only():
     ('initialization', 'xavier'), ('activation_cost', 'ibm'),
     ('cost_scale', 'big'), ('initial_assignments', 'random'),
     ('pose_damping', 1.0), ('pose_damping', -0.1),
-    ('class_lambda_scale', 0.0)])
+    ('class_lambda_scale', 0.0), ('min_mass', -1e-20)])
 def test_model_config_refuses_bad_recipe_fields(field, value):
   with pytest.raises(ValueError, match=field):
     model.ModelConfig(**{field: value})
@@ -220,12 +220,15 @@ def test_legacy_model_config_loads_with_the_paper_routing(tmp_path):
             if f.name not in ('initialization', 'activation_cost',
                               'cost_scale', 'pose_damping',
                               'initial_assignments', 'class_lambda_scale',
-                              'conv1_padding', 'stop_assignment_gradients')}
+                              'conv1_padding', 'stop_assignment_gradients',
+                              'min_mass')}
   (tmp_path / model.CONFIG_FILE).write_text(__import__('json').dumps(legacy))
   loaded = model.ModelConfig.load(str(tmp_path))
   assert loaded.routing().activation_cost == 'paper'
   assert loaded.routing().pose_damping == 0.0
   assert not loaded.routing().stop_assignment_gradients
+  assert loaded.routing().min_mass == 0.0
+  assert model.ModelConfig(min_mass=1e-20).routing().min_mass == 1e-20
   assert loaded.initialization == 'normal'
 
 

@@ -77,6 +77,7 @@ class Routing:
   min_variance: float = 0.0
   cost_standardization: bool = False
   log_space: bool = False
+  min_mass: float = 0.0
   activation_cost: str = 'paper'
   cost_scale: str = 'none'
   pose_damping: float = 0.0

@@ -36,6 +36,12 @@ released code differs: notes/recipes_sources.md).
 Numerical stabilisers, each switchable; at the neutral setting named in
 brackets the function computes Procedure 1 exactly (notes/em_routing.md):
   min_variance          variance floor added to (sigma_j^h)^2   [0.0]
+  min_mass              the mu_j and sigma_j^2 of a parent whose
+                        mass sum_i R_ij a_i is at most this are
+                        held constant in the gradient, where
+                        their derivative -mu_j / mass overflows
+                        for a mass near 1e-37 (the forward pass
+                        is unchanged)                           [0.0]
   cost_standardization  standardise cost_j over the C types     [False]
   log_space             E-step in log space, max-shifted, with a stable
                         log-sigmoid; an exact rewrite of the
@@ -162,11 +168,34 @@ def uniform_assignments(activations, num_parent_types, child_ids=None):
                          tf.concat([batch, uniform.shape], axis=0))
 
 
+def divide_by_mass(sums, mass, min_mass=0.0):
+  """sums / mass: mu_j or (sigma_j^h)^2 from sums over the children, 0 where
+  the mass is 0. Where the mass is at most `min_mass`, the same quotient is
+  held constant in the gradient, whose -sums / mass^2 overflows float32
+  for a mass near 1e-37 (0: off).
+
+  Args:
+    sums: [N, P, C, H].
+    mass: sum_i R_ij a_i [N, P, C, 1].
+    min_mass: a float >= 0.
+
+  Returns:
+    [N, P, C, H].
+  """
+  quotient = tf.math.divide_no_nan(sums, mass)
+  if not min_mass:
+    return quotient
+  held = mass > min_mass
+  divisor = tf.where(held, mass, tf.ones_like(mass))  # no 1 / tiny anywhere
+  return tf.where(held, tf.math.divide_no_nan(sums, divisor),
+                  tf.stop_gradient(quotient))
+
+
 def m_step(assignments, activations, votes, beta_v, beta_a,
            inverse_temperature, min_variance=0.0,
            cost_standardization=False, vote_moments=None,
            activation_cost='paper', cost_scale=1.0, pose_damping=0.0,
-           previous_poses=None):
+           previous_poses=None, min_mass=0.0):
   """M-STEP(a, R, V, j) for every parent j.
 
   Args:
@@ -186,6 +215,8 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
     pose_damping: d, the weight of `previous_poses` in mu_j.
     previous_poses: mu_j of the previous iteration [N, P, C, H], or None
       (zeros) at the first.
+    min_mass: the mu_j and (sigma_j^h)^2 of a parent with sum_i R_ij a_i
+      <= min_mass are held constant in the gradient (0: off).
 
   Returns:
     poses mu_j^h [N, P, C, H], variances (sigma_j^h)^2 [N, P, C, H] and
@@ -195,25 +226,25 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
     # Fused kernels: R_ij a_i and the three sums over i, the votes recomputed.
     mass, first, squared_deviations = votes.moments(assignments, activations)
     mass = mass[..., None]  # sum_i R_ij a_i
-    poses = tf.math.divide_no_nan(first, mass)
-    variances = tf.math.divide_no_nan(squared_deviations, mass)
+    poses = divide_by_mass(first, mass, min_mass)
+    variances = divide_by_mass(squared_deviations, mass, min_mass)
   else:
     weighted = assignments * activations[:, :, None, :]  # R_ij <- R_ij a_i
     mass = tf.reduce_sum(weighted, axis=-1)[..., None]  # sum_i R_ij
     if vote_moments is None:
-      poses = tf.math.divide_no_nan(_weighted_child_sum(weighted, votes),
-                                    mass)
+      poses = divide_by_mass(_weighted_child_sum(weighted, votes), mass,
+                             min_mass)
       squared_deviations = tf.math.squared_difference(votes,
                                                       poses[..., None, :])
-      variances = tf.math.divide_no_nan(
-          _weighted_child_sum(weighted, squared_deviations), mass)
+      variances = divide_by_mass(
+          _weighted_child_sum(weighted, squared_deviations), mass, min_mass)
     else:
       # First M-step: sum_i R_ij V_ij^h and sum_i R_ij (V_ij^h)^2 as matrix
       # products of poses and transforms, R_ij being the same for every j.
       first, second = vote_moments(weighted[:, :, 0, :])
-      poses = tf.math.divide_no_nan(first, mass)
+      poses = divide_by_mass(first, mass, min_mass)
       # E[V^2] - mu^2 >= 0 up to rounding, which the floor at zero removes.
-      variances = tf.nn.relu(tf.math.divide_no_nan(second, mass) -
+      variances = tf.nn.relu(divide_by_mass(second, mass, min_mass) -
                              tf.square(poses))
   if pose_damping:
     # sum_i R_ij (V - mu')^2 / sum_i R_ij = variance + (mean - mu')^2.
@@ -424,7 +455,7 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
                cost_scale='none', pose_damping=0.0,
                initial_assignments='per_child',
                e_step_normalization='all_parents', e_step_annealing=1.0,
-               stop_assignment_gradients=False):
+               stop_assignment_gradients=False, min_mass=0.0):
   """Procedure 1: routes votes to parents by EM.
 
   Args:
@@ -437,8 +468,9 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
       iteration t = 0 .. iterations - 1.
     child_ids: int array [P, I] naming the child in each slot (convolutional
       layers), or None when every child sits in one slot (fully connected).
-    min_variance, cost_standardization, log_space: numerical stabilisers (see
-      the module docstring); the defaults compute Procedure 1 exactly.
+    min_variance, cost_standardization, log_space, min_mass: numerical
+      stabilisers (see the module docstring); the defaults compute
+      Procedure 1 exactly.
     vote_moments: None, or a function w [N, P, I] -> (sum_i w_i V_ij^h,
       sum_i w_i (V_ij^h)^2) that the first M-step uses instead of the votes
       (nets.votes.vote_moments); with one iteration the votes are then never
@@ -466,6 +498,8 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
   if e_step_normalization not in E_STEP_NORMALIZATIONS:
     raise ValueError(f'e_step_normalization must be one of '
                      f'{E_STEP_NORMALIZATIONS}, got {e_step_normalization!r}')
+  if min_mass < 0:
+    raise ValueError(f'min_mass must be >= 0, got {min_mass}')
   if isinstance(e_step_annealing, (int, float)) and not (
       0 <= e_step_annealing <= 1):
     raise ValueError(f'e_step_annealing must be in [0, 1], got '
@@ -482,7 +516,7 @@ def em_routing(votes, activations, beta_v, beta_a, iterations,
           assignments, activations, votes, beta_v, beta_a, schedule(t),
           min_variance, cost_standardization,
           vote_moments if t == 0 else None, activation_cost, scale,
-          pose_damping, poses)
+          pose_damping, poses, min_mass)
       if trace is not None:
         trace.append({'assignments': assignments, 'variances': variances})
       if t < iterations - 1:
