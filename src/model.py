@@ -60,12 +60,12 @@ class ModelConfig:
     inverse_temperature_schedule: 'constant' or 'authors' (nets.schedules).
     final_lambda: the inverse temperature at the end of the schedule.
     min_variance: variance floor of the M-step (0 = off).
-    min_mass: the M-step holds the mu_j and sigma_j^2 of a parent whose
-      mass sum_i R_ij a_i is at most this constant in the gradient (0 =
-      off, as a model_config.json from before this field loads;
-      nets/routing.py).
     cost_standardization: standardise the M-step cost over parent types.
     log_space: E-step in log space.
+    min_mass: the M-step holds mu_j and sigma_j^2 constant in the gradient
+      where sum_i R_ij a_i <= min_mass (0 = off, as a model_config.json
+      from before this field loads; nets/routing.py). It changes the
+      gradient only, so a run may resume with another value.
     reconstruction_weight: weight of the reconstruction loss; > 0 adds the
       decoder of nets/decoder.py (the reference's "R1" experiments).
     decoder_standardization: the decoder standardises its input pose

@@ -232,6 +232,19 @@ def _inverse_temperature(routing, t):
   return routing.inverse_temperature
 
 
+def _divide_by_mass(sums, mass, min_mass):
+  """sums / mass (0 where the mass is 0), held constant in the gradient where
+  the mass is at most min_mass > 0: both quotients are formed, the held one
+  from a mass replaced by 1, and one is picked."""
+  quotient = tf.math.divide_no_nan(sums, mass)
+  if min_mass <= 0:
+    return quotient
+  held = mass <= min_mass
+  held_quotient = tf.stop_gradient(quotient)
+  live_quotient = sums / tf.where(held, tf.ones_like(mass), mass)
+  return tf.where(held, held_quotient, live_quotient)
+
+
 def _m_step(assignments, activations, votes, beta_v, beta_a,
             inverse_temperature, routing):
   """M-STEP: parent poses, variances and activation logits.
@@ -250,10 +263,10 @@ def _m_step(assignments, activations, votes, beta_v, beta_a,
   weights = assignments * activations[..., None]  # R_ij a_i [N, P, I, C]
   mass = tf.reduce_sum(weights, axis=2)[..., None]  # [N, P, C, 1]
   weighted_votes = weights[..., None] * votes  # [N, P, I, C, 16]
-  poses = em.divide_by_mass(tf.reduce_sum(weighted_votes, axis=2), mass,
-                            routing.min_mass)
+  poses = _divide_by_mass(tf.reduce_sum(weighted_votes, axis=2), mass,
+                          routing.min_mass)
   squared_deviations = tf.square(votes - poses[:, :, None])
-  variances = em.divide_by_mass(
+  variances = _divide_by_mass(
       tf.reduce_sum(weights[..., None] * squared_deviations, axis=2), mass,
       routing.min_mass)
   variances += routing.min_variance

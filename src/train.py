@@ -75,11 +75,12 @@ flags.DEFINE_float('min_variance', 1e-4, 'M-step variance floor (0 = off).')
 flags.DEFINE_bool('cost_standardization', True,
                   'Standardise the M-step cost over parent types.')
 flags.DEFINE_bool('log_space', True, 'E-step in log space.')
-flags.DEFINE_float('min_mass', 0.0, 'The M-step holds the poses and '
-                   'variances of a parent whose mass sum_i R_ij a_i is at '
-                   'most this constant in the gradient (0 = off; 1e-20 keeps '
-                   'the gradient finite on inputs far out of range: '
-                   'notes/em_routing.md).')
+flags.DEFINE_float('min_mass', None, 'The M-step holds a parent\'s pose '
+                   'and variance constant in the gradient where its mass '
+                   'sum_i R_ij a_i is at most this (notes/em_routing.md); '
+                   'default 0 (off), or that of the run being resumed. It '
+                   'changes the gradient only: a run may resume with '
+                   'another value.')
 flags.DEFINE_enum('initialization', None, sorted(initializers.SCHEMES),
                   'Initial values of the variables (nets/initializers.py); '
                   f'default {initializers.DEFAULT!r}, or that of the run '
@@ -244,7 +245,8 @@ def _model_config(num_classes, previous):
           model.default_final_lambda(FLAGS.dataset)),
       min_variance=FLAGS.min_variance,
       cost_standardization=FLAGS.cost_standardization,
-      log_space=FLAGS.log_space, min_mass=FLAGS.min_mass,
+      log_space=FLAGS.log_space,
+      min_mass=_flag_or_resumed('min_mass', previous, 0.0),
       reconstruction_weight=FLAGS.reconstruction_weight,
       decoder_standardization=FLAGS.decoder_standardization,
       conv1_padding=_flag_or_resumed(
@@ -264,7 +266,13 @@ def _model_config(num_classes, previous):
 
 
 def _check_resumable(config, previous):
-  """Refuses to resume a run whose network differs from the flags'."""
+  """Refuses to resume a run whose network differs from the flags'; a new
+  min_mass, which changes the gradient only, is allowed and logged."""
+  if previous is not None and previous.min_mass != config.min_mass:
+    logging.warning('Resuming with min_mass %g instead of %g (the gradient '
+                    'changes; the network does not).', config.min_mass,
+                    previous.min_mass)
+    previous = dataclasses.replace(previous, min_mass=config.min_mass)
   if previous is not None and previous != config:
     raise app.UsageError(
         f'{FLAGS.train_dir} holds a run of a different model '
@@ -339,10 +347,10 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
       raise NonFiniteLossError(
           f'loss is {values["loss"]} at step {step}. The last checkpoint in '
           f'{self._train_dir} is intact: resume with a lower '
-          '--learning_rate or with --clip_gradient_norm, or train anew in '
-          'another --train_dir with a higher --min_variance or with '
-          '--min_mass=1e-20 (they change the model, which a resumed run '
-          'keeps).')
+          '--learning_rate, with --clip_gradient_norm or with '
+          f'--min_mass={em.RECOMMENDED_MIN_MASS:g}, or train anew in another '
+          '--train_dir with a higher --min_variance (a resumed run keeps '
+          'its network).')
     now = time.time()
     if self._last is None:
       self._last = (step, now)

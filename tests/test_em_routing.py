@@ -194,11 +194,13 @@ def test_parents_without_mass_give_finite_outputs_and_gradients(
   np.testing.assert_allclose(values[1][:, 1], 0.5, atol=1e-3)
 
 
-def test_rejects_zero_iterations():
-  with pytest.raises(ValueError, match='iterations'):
+@pytest.mark.parametrize('iterations,kwargs,message', [
+    (0, {}, 'iterations'), (1, {'min_mass': -1e-20}, 'min_mass')])
+def test_rejects_bad_arguments(iterations, kwargs, message):
+  with pytest.raises(ValueError, match=message):
     _run(np.zeros((1, 1, 2, 3, 16), np.float32),
          np.ones((1, 1, 3), np.float32), np.zeros(2, np.float32),
-         np.zeros(2, np.float32), 0)
+         np.zeros(2, np.float32), iterations, **kwargs)
 
 
 @pytest.mark.parametrize('iterations', [1, 2, 3])

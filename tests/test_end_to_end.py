@@ -80,7 +80,8 @@ def test_a_run_from_before_conv1_padding_resumes_as_valid(data_dir,
   """A run directory whose model_config.json has no conv1_padding (written
   before the field existed, when Conv1 was VALID) and names the
   initialisation `default` (as before 2026-11-29) resumes without the flags,
-  as VALID with the `normal` scheme; asking for SAME is refused."""
+  as VALID with the `normal` scheme; asking for SAME is refused. A new
+  --min_mass (absent: 0), which changes the gradient only, is accepted."""
   train_dir = str(tmp_path / 'train')
   args = ['--train_dir=' + train_dir, '--data_dir=' + data_dir] + TINY
   _succeeded(_run('train.py', '--max_steps=1', '--conv1_padding=VALID',
@@ -93,13 +94,15 @@ def test_a_run_from_before_conv1_padding_resumes_as_valid(data_dir,
   with open(path, 'w') as f:
     json.dump(record, f)
   # Already at --max_steps: the config is rewritten, no step is trained.
-  result = _succeeded(_run('train.py', '--max_steps=1', *args))
+  result = _succeeded(_run('train.py', '--max_steps=1', '--min_mass=1e-10',
+                           *args))
   assert 'nothing to train' in result.stderr
+  assert 'Resuming with min_mass 1e-10 instead of 0' in result.stderr
   assert not os.path.exists(os.path.join(train_dir, 'model.ckpt-2.index'))
   with open(path) as f:
     record = json.load(f)
-  assert (record['conv1_padding'], record['initialization']) == (
-      'VALID', 'normal')
+  assert (record['conv1_padding'], record['initialization'],
+          record['min_mass']) == ('VALID', 'normal', 1e-10)
   _failed(_run('train.py', '--max_steps=3', '--conv1_padding=SAME', *args),
           'holds a run of a different model')
 

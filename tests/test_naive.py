@@ -32,7 +32,7 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (2, 28, 28, 1)
 STABILISED = model.ModelConfig().routing()
 PLAIN = layers.Routing(inverse_temperature=lambda t: 1.0 - 0.95 ** (t + 1))
-GUARDED = dataclasses.replace(STABILISED, min_mass=1e-20)
+GUARDED = dataclasses.replace(STABILISED, min_mass=1e-20, xla=True)
 MATHS_FIELDS = ('inverse_temperature', 'min_variance', 'cost_standardization',
                 'log_space', 'min_mass', 'activation_cost', 'cost_scale',
                 'pose_damping',
@@ -158,9 +158,9 @@ def _capsules(rng, height, width, types):
 @pytest.mark.parametrize('speed_switches', [True, False])
 def test_conv_caps_matches_capsules_conv(size, stride, iterations, routing,
                                          speed_switches):
-  """With GUARDED, the first image's children under the first parent
-  position are active at 1e-30 only, so min_mass binds there at every
-  iteration."""
+  """With GUARDED (with the speed switches: XLA and the fused kernels), the
+  first image's children under the first parent position are active at
+  1e-30 only, so min_mass binds there at every iteration."""
   shape = [3, 3, 3, 4]
   inputs = _capsules(np.random.default_rng(size + iterations), size, size, 3)
   if routing.min_mass:

@@ -23,7 +23,7 @@ def test_non_finite_loss_stops_with_a_clear_message(loss):
   with pytest.raises(train.NonFiniteLossError, match='at step 42') as error:
     _after_run(hook, loss)
   assert '/some/run' in str(error.value)
-  assert '--min_mass=1e-20' in str(error.value)
+  assert '--min_mass=1e-10' in str(error.value)
 
 
 def test_finite_loss_goes_on():

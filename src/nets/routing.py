@@ -36,12 +36,12 @@ released code differs: notes/recipes_sources.md).
 Numerical stabilisers, each switchable; at the neutral setting named in
 brackets the function computes Procedure 1 exactly (notes/em_routing.md):
   min_variance          variance floor added to (sigma_j^h)^2   [0.0]
-  min_mass              the mu_j and sigma_j^2 of a parent whose
-                        mass sum_i R_ij a_i is at most this are
-                        held constant in the gradient, where
-                        their derivative -mu_j / mass overflows
-                        for a mass near 1e-37 (the forward pass
-                        is unchanged)                           [0.0]
+  min_mass              where a parent's mass sum_i R_ij a_i is
+                        at most this, its mu_j and sigma_j^2 are
+                        held constant in the gradient, whose
+                        -mu_j / mass and -sigma_j^2 / mass
+                        overflow for a mass near 1e-37 (the
+                        forward pass is unchanged)              [0.0]
   cost_standardization  standardise cost_j over the C types     [False]
   log_space             E-step in log space, max-shifted, with a stable
                         log-sigmoid; an exact rewrite of the
@@ -99,6 +99,13 @@ from nets import shapes
 # a position receives almost no mass, rounding noise in the costs is not
 # standardised into O(1) values with huge, Inf or NaN gradients.
 _COST_VARIANCE_FLOOR = 1e-4
+
+# The min_mass that train.py suggests when the loss goes non-finite: a live
+# parent's derivative -sigma_j^2 / mass is then below sigma_j^2 1e10, whose
+# square stays within float32 (the global gradient norm) unless sigma_j^2
+# exceeds about 1e9; 1e-20 leaves live masses whose squared derivative
+# overflows already at sigma_j^2 of 1e-1.
+RECOMMENDED_MIN_MASS = 1e-10
 
 ACTIVATION_COSTS = ('paper', 'authors')
 COST_SCALES = ('none', 'ibm')
@@ -170,9 +177,9 @@ def uniform_assignments(activations, num_parent_types, child_ids=None):
 
 def divide_by_mass(sums, mass, min_mass=0.0):
   """sums / mass: mu_j or (sigma_j^h)^2 from sums over the children, 0 where
-  the mass is 0. Where the mass is at most `min_mass`, the same quotient is
-  held constant in the gradient, whose -sums / mass^2 overflows float32
-  for a mass near 1e-37 (0: off).
+  the mass is 0. Where the mass is at most `min_mass` (0: off), the same
+  quotient is held constant in the gradient, whose -sums / mass^2 overflows
+  float32 for a mass near 1e-37.
 
   Args:
     sums: [N, P, C, H].
@@ -185,9 +192,9 @@ def divide_by_mass(sums, mass, min_mass=0.0):
   quotient = tf.math.divide_no_nan(sums, mass)
   if not min_mass:
     return quotient
-  held = mass > min_mass
-  divisor = tf.where(held, mass, tf.ones_like(mass))  # no 1 / tiny anywhere
-  return tf.where(held, tf.math.divide_no_nan(sums, divisor),
+  live = mass > min_mass
+  divisor = tf.where(live, mass, tf.ones_like(mass))  # no 1 / tiny anywhere
+  return tf.where(live, tf.math.divide_no_nan(sums, divisor),
                   tf.stop_gradient(quotient))
 
 
@@ -215,8 +222,8 @@ def m_step(assignments, activations, votes, beta_v, beta_a,
     pose_damping: d, the weight of `previous_poses` in mu_j.
     previous_poses: mu_j of the previous iteration [N, P, C, H], or None
       (zeros) at the first.
-    min_mass: the mu_j and (sigma_j^h)^2 of a parent with sum_i R_ij a_i
-      <= min_mass are held constant in the gradient (0: off).
+    min_mass: holds mu_j and (sigma_j^h)^2 constant in the gradient where
+      sum_i R_ij a_i <= min_mass (0: off).
 
   Returns:
     poses mu_j^h [N, P, C, H], variances (sigma_j^h)^2 [N, P, C, H] and
