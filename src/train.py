@@ -225,8 +225,9 @@ def _previous_config():
 
 def _flag_or_resumed(name, previous, default):
   """--name if given, else the value of the run being resumed (of the same
-  dataset), else `default`: the fields whose default changed over time, so
-  that a resumed run keeps what it trained with."""
+  dataset), else `default`: the fields whose default changed over time, and
+  min_mass, which a resumed run may change, so that a resumed run keeps
+  what it trained with unless told otherwise."""
   if FLAGS[name].value is not None:
     return FLAGS[name].value
   if previous is not None and previous.dataset == FLAGS.dataset:
@@ -268,15 +269,16 @@ def _model_config(num_classes, previous):
 def _check_resumable(config, previous):
   """Refuses to resume a run whose network differs from the flags'; a new
   min_mass, which changes the gradient only, is allowed and logged."""
-  if previous is not None and previous.min_mass != config.min_mass:
-    logging.warning('Resuming with min_mass %g instead of %g (the gradient '
-                    'changes; the network does not).', config.min_mass,
-                    previous.min_mass)
-    previous = dataclasses.replace(previous, min_mass=config.min_mass)
-  if previous is not None and previous != config:
+  if previous is None:
+    return
+  if dataclasses.replace(previous, min_mass=config.min_mass) != config:
     raise app.UsageError(
         f'{FLAGS.train_dir} holds a run of a different model '
         f'({previous}); the flags ask for {config}. Use another --train_dir.')
+  if previous.min_mass != config.min_mass:
+    logging.warning('Resuming with min_mass %g instead of %g (the gradient '
+                    'changes; the network does not).', config.min_mass,
+                    previous.min_mass)
 
 
 def _warn_if_margin_unreachable(config):
@@ -379,12 +381,14 @@ def _duration(seconds):
       else f'{seconds / 86400:.1f} days'
 
 
-def _record_start(step):
+def _record_start(step, config):
   """Appends this (re)start to <train_dir>/starts.jsonl, the origin of the
-  wall-clock times that report.py gives."""
+  wall-clock times that report.py gives, with its min_mass (the one field of
+  the model a resumed run may change)."""
   with open(os.path.join(FLAGS.train_dir, STARTS_FILE), 'a') as f:
     f.write(json.dumps({'step': int(step), 'time': time.time(),
-                        'argv': sys.argv}) + '\n')
+                        'argv': sys.argv, 'min_mass': config.min_mass}) +
+            '\n')
 
 
 def _scaffold(saver, local_init_op):
@@ -464,13 +468,13 @@ def _stop_requests():
       signal.signal(signum, handler)
 
 
-def _train_steps(session, step, start, deployment):
+def _train_steps(session, step, start, deployment, config):
   """Runs training steps from `start` until the hooks stop the session or
   a signal asks to stop; returns that signal's number, or None."""
   logging.info('Training from step %d to %d in %s on %s.', start,
                FLAGS.max_steps, FLAGS.train_dir, deployment.describe())
   if deployment.is_chief:
-    _record_start(start)
+    _record_start(start, config)
   with _stop_requests() as received:
     while not session.should_stop() and not received:
       session.run(step.outputs['train_op'])
@@ -525,7 +529,7 @@ def train(config, dataset, deployment, session_config):
         logging.info('%s is at step %d already, --max_steps=%d: nothing to '
                      'train.', FLAGS.train_dir, start, FLAGS.max_steps)
       else:
-        stopped_by = _train_steps(session, step, start, deployment)
+        stopped_by = _train_steps(session, step, start, deployment, config)
       last = _global_step(session, step)
     # Leaving the session ran the hooks' end: the chief saved step `last`.
   if watchdog:

@@ -58,8 +58,9 @@ def test_train_and_resume(run):
     assert os.path.exists(os.path.join(train_dir, f'model.ckpt-{step}.index'))
   with open(os.path.join(train_dir, 'checkpoint')) as f:
     assert f.readline().rstrip().endswith('/model.ckpt-7"')
-  assert [start['step'] for start in _lines(
-      os.path.join(train_dir, 'starts.jsonl'))] == [0, 4]
+  starts = _lines(os.path.join(train_dir, 'starts.jsonl'))
+  assert [start['step'] for start in starts] == [0, 4]
+  assert [start['min_mass'] for start in starts] == [0.0, 0.0]
   with open(os.path.join(train_dir, 'model_config.json')) as f:
     config = json.load(f)
   assert (config['a'], config['b'], config['c'], config['d']) == (8, 4, 4, 4)

@@ -100,11 +100,12 @@ from nets import shapes
 # standardised into O(1) values with huge, Inf or NaN gradients.
 _COST_VARIANCE_FLOOR = 1e-4
 
-# The min_mass that train.py suggests when the loss goes non-finite: a live
-# parent's derivative -sigma_j^2 / mass is then below sigma_j^2 1e10, whose
-# square stays within float32 (the global gradient norm) unless sigma_j^2
-# exceeds about 1e9; 1e-20 leaves live masses whose squared derivative
-# overflows already at sigma_j^2 of 1e-1.
+# The min_mass that train.py suggests when the loss goes non-finite. A
+# heuristic: a live parent's local factor -sigma_j^2 / mass is then below
+# sigma_j^2 1e10, whose square (the global gradient norm squares every
+# entry) stays below float32's 3.4e38 unless sigma_j^2 exceeds about 2e9;
+# with 1e-20, masses just above it reach that at sigma_j^2 of about 0.2.
+# Factors further along the chain can still overflow.
 RECOMMENDED_MIN_MASS = 1e-10
 
 ACTIVATION_COSTS = ('paper', 'authors')
